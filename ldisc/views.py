@@ -1,0 +1,239 @@
+"""LD views: two images → five network inputs, with the parameters needed to undo the second views.
+
+For each image x of a pair (x1, x2):
+
+1. one *geometric* augmentation shared by both of its views: random horizontal / vertical flip
+   (p = 0.5 each), rotation θ ~ U(−180°, 180°), random resized crop to ``size`` with area scale
+   in (0.9, 1) and aspect ratio in (3/4, 4/3);
+2. two *photometric* views: rotation φ ~ U(−2°, 2°), colour jitter (brightness, contrast,
+   saturation 0.4, hue 0.02; applied in that order), grayscale with p = 0.2;
+3. the second view additionally gets a horizontal flip (p = 0.5) and ``rot90`` by k ∈ {0..3}:
+   together the 8 elements of the dihedral group, kept as (flip, rot) to undo them on features.
+
+The mixup image is w·x1_1 + (1 − w)·x2_1 with w ~ U(0.2, 0.8). Everything is ImageNet-normalised.
+
+All random numbers come from one ``torch.Generator`` on the CPU, so the views are a pure function of
+the seed on any device. The geometry (flip ∘ rotation ∘ crop ∘ small rotation) is one affine map per
+view, resampled once with ``grid_sample``; the same code serves a PIL pair (``make_views``) and a
+batch of tensors on any device (``make_views_batch``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+VIEW_KEYS = ("x1_1", "x1_2", "x2_1", "x2_2", "mix")
+_LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass
+class ViewConfig:
+    size: int = 448
+    crop_scale: tuple[float, float] = (0.9, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    rotation_deg: float = 180.0
+    view_rotation_deg: float = 2.0
+    flip_p: float = 0.5
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.02
+    grayscale_p: float = 0.2
+    second_flip_p: float = 0.5
+    mix_range: tuple[float, float] = (0.2, 0.8)
+
+
+def _uniform(gen: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=gen, dtype=torch.float64)
+
+
+def _bernoulli(gen: torch.Generator, n: int, p: float) -> torch.Tensor:
+    return torch.rand(n, generator=gen, dtype=torch.float64) < p
+
+
+def _rotation(theta: torch.Tensor) -> torch.Tensor:
+    c, s = torch.cos(theta), torch.sin(theta)
+    return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
+
+
+def _geometry(gen: torch.Generator, n: int, cfg: ViewConfig) -> torch.Tensor:
+    """(n, 2, 3) affine maps from crop coordinates to (aspect-corrected) image coordinates."""
+    flips = torch.ones(n, 2, dtype=torch.float64)
+    flips[_bernoulli(gen, n, cfg.flip_p), 0] = -1
+    flips[_bernoulli(gen, n, cfg.flip_p), 1] = -1
+    theta = _uniform(gen, n, -cfg.rotation_deg, cfg.rotation_deg) * math.pi / 180
+    area = _uniform(gen, n, *cfg.crop_scale)
+    log_ratio = _uniform(gen, n, math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1]))
+    w = torch.sqrt(area * torch.exp(log_ratio)).clamp(max=1.0)
+    h = torch.sqrt(area / torch.exp(log_ratio)).clamp(max=1.0)
+    cx = _uniform(gen, n, -1, 1) * (1 - w)
+    cy = _uniform(gen, n, -1, 1) * (1 - h)
+    # crop (u in [-1,1]^2) -> rotated frame -> unrotate -> unflip
+    scale = torch.diag_embed(torch.stack([w, h], -1))
+    linear = torch.diag_embed(flips) @ _rotation(-theta) @ scale
+    offset = (torch.diag_embed(flips) @ _rotation(-theta) @ torch.stack([cx, cy], -1)[..., None])
+    return torch.cat([linear, offset], -1)
+
+
+def _photometric(gen: torch.Generator, n: int, cfg: ViewConfig) -> dict[str, torch.Tensor]:
+    return {
+        "angle": _uniform(gen, n, -cfg.view_rotation_deg, cfg.view_rotation_deg) * math.pi / 180,
+        "brightness": _uniform(gen, n, 1 - cfg.brightness, 1 + cfg.brightness),
+        "contrast": _uniform(gen, n, 1 - cfg.contrast, 1 + cfg.contrast),
+        "saturation": _uniform(gen, n, 1 - cfg.saturation, 1 + cfg.saturation),
+        "hue": _uniform(gen, n, -cfg.hue, cfg.hue),
+        "gray": _bernoulli(gen, n, cfg.grayscale_p),
+    }
+
+
+def _grid(affine: torch.Tensor, angle: torch.Tensor, in_hw: tuple[int, int], size: int,
+          device: torch.device) -> torch.Tensor:
+    """Sampling grid for crop-then-small-rotation, honouring the input aspect ratio."""
+    h, w = in_hw
+    side = max(h, w)
+    aspect = torch.tensor([side / w, side / h], dtype=torch.float64)
+    small = _rotation(angle)
+    theta = torch.diag(aspect) @ affine[:, :, :2] @ small
+    full = torch.cat([theta, (aspect[:, None] * affine[:, :, 2:])], -1)
+    grid = F.affine_grid(full.float(), [affine.shape[0], 3, size, size], align_corners=False)
+    return grid.to(device)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(1)
+    return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
+
+
+def _shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate hue by ``shift`` (fraction of a turn) per image, via HSV."""
+    r, g, b = x.unbind(1)
+    maxc, _ = x.max(1)
+    minc, _ = x.min(1)
+    delta = maxc - minc
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    hr = ((g - b) / safe) % 6
+    hg = (b - r) / safe + 2
+    hb = (r - g) / safe + 4
+    hue = torch.where(maxc == r, hr, torch.where(maxc == g, hg, hb)) / 6
+    hue = torch.where(delta > 0, hue, torch.zeros_like(hue))
+    hue = (hue + shift.view(-1, 1, 1)) % 1.0
+    sat = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), 0 * maxc)
+    k = (torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1) + 6 * hue.unsqueeze(1)) % 6
+    weight = torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+    v = maxc.unsqueeze(1)
+    return v - v * sat.unsqueeze(1) * weight
+
+
+def _jitter(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+    dev = x.device
+    col = lambda t: t.to(dev, torch.float32).view(-1, 1, 1, 1)  # noqa: E731
+    x = (x * col(p["brightness"])).clamp(0, 1)
+    mean = _gray(x).mean((1, 2, 3), keepdim=True)
+    x = (col(p["contrast"]) * x + (1 - col(p["contrast"])) * mean).clamp(0, 1)
+    x = (col(p["saturation"]) * x + (1 - col(p["saturation"])) * _gray(x)).clamp(0, 1)
+    x = _shift_hue(x, p["hue"].to(dev, torch.float32))
+    gray = p["gray"].to(dev).view(-1, 1, 1, 1)
+    return torch.where(gray, _gray(x).expand_as(x), x)
+
+
+def apply_dihedral(x: torch.Tensor, flip: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """x' = rot90(hflip^flip(x), k) per sample, on the last two dims (square maps)."""
+    out = torch.empty_like(x)
+    for f in (0, 1):
+        for k in range(4):
+            sel = ((flip == f) & (rot == k)).nonzero().flatten().to(x.device)
+            if sel.numel():
+                y = x[sel].flip(-1) if f else x[sel]
+                out[sel] = torch.rot90(y, k, dims=(-2, -1))
+    return out
+
+
+def undo_dihedral(x: torch.Tensor, flip: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`apply_dihedral`: hflip^flip(rot90(x, −k))."""
+    out = torch.empty_like(x)
+    for f in (0, 1):
+        for k in range(4):
+            sel = ((flip == f) & (rot == k)).nonzero().flatten().to(x.device)
+            if sel.numel():
+                y = torch.rot90(x[sel], -k, dims=(-2, -1))
+                out[sel] = y.flip(-1) if f else y
+    return out
+
+
+def _two_views(x: torch.Tensor, cfg: ViewConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    n = x.shape[0]
+    geometry = _geometry(gen, n, cfg)
+    views = []
+    for _ in range(2):
+        p = _photometric(gen, n, cfg)
+        grid = _grid(geometry, p["angle"], tuple(x.shape[-2:]), cfg.size, x.device)
+        warped = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros",
+                               align_corners=False)
+        views.append(_jitter(warped, p))
+    return views[0], views[1]
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def make_views_batch(x1: torch.Tensor, x2: torch.Tensor, cfg: ViewConfig,
+                     generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Batched views of image pairs. x1, x2: (B, 3, H, W) floats in [0, 1], any device."""
+    if x1.ndim != 4 or x1.shape[1] != 3 or x2.ndim != 4 or x2.shape[1] != 3:
+        raise ValueError(f"expected (B, 3, H, W) images, got {tuple(x1.shape)} and {tuple(x2.shape)}")
+    x1_1, x1_2 = _two_views(x1, cfg, generator)
+    x2_1, x2_2 = _two_views(x2, cfg, generator)
+    return _finish_pair(x1_1, x1_2, x2_1, x2_2, cfg, generator)
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """Any PIL mode → (3, H, W) float32 in [0, 1] (grayscale replicated to RGB)."""
+    if img.mode not in ("RGB", "L"):
+        img = img.convert("L") if img.mode in ("I", "I;16", "F", "LA", "1") else img.convert("RGB")
+    arr = np.asarray(img, dtype=np.uint8)
+    t = torch.from_numpy(arr.copy()).float().div_(255)
+    return t.unsqueeze(0).expand(3, -1, -1).contiguous() if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+
+
+def make_views(img_a: Image.Image, img_b: Image.Image, cfg: ViewConfig,
+               generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Views of one pair of PIL images (any sizes, any modes); unbatched tensors."""
+    a, b = pil_to_tensor(img_a)[None], pil_to_tensor(img_b)[None]
+    x1_1, x1_2 = _two_views(a, cfg, generator)
+    x2_1, x2_2 = _two_views(b, cfg, generator)
+    return {k: v[0] for k, v in _finish_pair(x1_1, x1_2, x2_1, x2_2, cfg, generator).items()}
+
+
+def _finish_pair(x1_1: torch.Tensor, x1_2: torch.Tensor, x2_1: torch.Tensor, x2_2: torch.Tensor,
+                 cfg: ViewConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Second-view flip/rot90, mixup and normalisation of a batch of first/second views."""
+    n = x1_1.shape[0]
+    flip1 = _bernoulli(generator, n, cfg.second_flip_p).long()
+    rot1 = torch.randint(0, 4, (n,), generator=generator)
+    flip2 = _bernoulli(generator, n, cfg.second_flip_p).long()
+    rot2 = torch.randint(0, 4, (n,), generator=generator)
+    mix_w = _uniform(generator, n, *cfg.mix_range).float()
+    x1_2 = apply_dihedral(x1_2, flip1, rot1)
+    x2_2 = apply_dihedral(x2_2, flip2, rot2)
+    w = mix_w.to(x1_1.device).view(-1, 1, 1, 1)
+    mix = w * x1_1 + (1 - w) * x2_1
+    out = {k: normalize(v) for k, v in zip(VIEW_KEYS, (x1_1, x1_2, x2_1, x2_2, mix))}
+    out.update(flip1=flip1, rot1=rot1, flip2=flip2, rot2=rot2, mix_w=mix_w)
+    return out
+
+
+def collate_views(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack unbatched view dicts into a batch."""
+    if not samples:
+        raise ValueError("collate_views needs at least one sample")
+    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
