@@ -1,0 +1,64 @@
+"""Collectives used by the objectives, with a single-process implementation of the same interface.
+
+``Collective`` (one process) and ``ProcessGroupCollective`` (torch.distributed) expose what the
+global-batch objectives need: an all-gather whose backward returns every rank's gradient to the
+owner of each row, and a differentiable sum all-reduce.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+class Collective:
+    """One process: gathering and reducing are identities."""
+
+    rank = 0
+    world_size = 1
+    group = None
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Concatenate ``x`` of all ranks along dim 0 (equal sizes), differentiable."""
+        return x
+
+    def all_reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks, differentiable (backward sums the ranks' gradients)."""
+        return x
+
+    def all_reduce_detached(self, x: torch.Tensor) -> torch.Tensor:
+        return x.detach().clone()
+
+    def offset(self, local_rows: int) -> int:
+        """Index of this rank's first row in a gathered tensor."""
+        return self.rank * local_rows
+
+
+class ProcessGroupCollective(Collective):
+    """torch.distributed collectives on ``group`` (default: the world)."""
+
+    def __init__(self, group=None):
+        if not dist.is_initialized():
+            raise RuntimeError("torch.distributed is not initialised")
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.distributed.nn.functional import all_gather
+        return torch.cat(all_gather(x.contiguous(), group=self.group or dist.group.WORLD), 0)
+
+    def all_reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.distributed.nn.functional import all_reduce
+        return all_reduce(x, group=self.group or dist.group.WORLD)
+
+    def all_reduce_detached(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.detach().clone()
+        dist.all_reduce(y, group=self.group)
+        return y
+
+
+def default_collective() -> Collective:
+    """The world when torch.distributed is initialised with more than one rank, else one process."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return ProcessGroupCollective()
+    return Collective()

@@ -1,0 +1,46 @@
+"""VGG16-bn encoder returning the five skip features (one per resolution, before each pooling)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# channels of the five VGG16 blocks at full width, and how many 3x3 convs each block has
+VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+WIDTH_DIVISORS = {"full": 1, "small": 2, "tiny": 4}
+
+
+def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+def encoder_channels(width: str) -> tuple[int, ...]:
+    if width not in WIDTH_DIVISORS:
+        raise ValueError(f"unknown encoder width {width!r}; choose one of {sorted(WIDTH_DIVISORS)}")
+    return tuple(c // WIDTH_DIVISORS[width] for c, _ in VGG16_BLOCKS)
+
+
+class VGGEncoder(nn.Module):
+    """VGG16 with batch norm. ``width``: tiny (16…128), small (32…256) or full (64…512).
+
+    ``forward(x)`` returns ``[f1, …, f5]`` at strides 1, 2, 4, 8, 16.
+    """
+
+    def __init__(self, width: str = "tiny", in_channels: int = 3):
+        super().__init__()
+        self.width = width
+        self.channels = encoder_channels(width)
+        blocks, c_in = [], in_channels
+        for c_out, (_, n_convs) in zip(self.channels, VGG16_BLOCKS):
+            layers = [conv_bn_relu(c_in if i == 0 else c_out, c_out) for i in range(n_convs)]
+            blocks.append(nn.Sequential(*layers))
+            c_in = c_out
+        self.blocks = nn.ModuleList(blocks)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for i, block in enumerate(self.blocks):
+            x = block(x if i == 0 else self.pool(x))
+            feats.append(x)
+        return feats

@@ -1,0 +1,91 @@
+"""The LD network: encoder → U-Net decoder → embedding branch (+ clustering branch in stage 2)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ldisc.model.decoder import ClusterHead, EmbeddingHead, UNetDecoder
+from ldisc.model.encoder import VGGEncoder
+
+
+@dataclass
+class LDOutput:
+    embedding: torch.Tensor            # (B, D, H, W), unit norm over D
+    masks: torch.Tensor | None = None  # (B, K, H, W), sums to ~1 over K
+
+
+class LDNet(nn.Module):
+    def __init__(self, width: str = "tiny", embed_dim: int = 32, clusters: int = 0):
+        super().__init__()
+        self.encoder = VGGEncoder(width)
+        self.decoder = UNetDecoder(self.encoder.channels)
+        self.embed = EmbeddingHead(self.decoder.out_channels, embed_dim)
+        self.cluster = ClusterHead(self.decoder.out_channels, clusters) if clusters > 0 else None
+
+    def forward(self, x: torch.Tensor) -> LDOutput:
+        h = self.decoder(self.encoder(x))
+        return LDOutput(self.embed(h), self.cluster(h) if self.cluster is not None else None)
+
+
+def build_model(cfg) -> LDNet:
+    """From the ``model`` config group (width, embed_dim, clusters)."""
+    return LDNet(width=cfg.width, embed_dim=cfg.embed_dim, clusters=int(cfg.clusters))
+
+
+def load_stage1(model: LDNet, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load stage-1 weights by parameter name; the clustering branch starts fresh.
+
+    Returns the names left at their initial values. Anything else missing, or any unexpected or
+    mis-shaped name, is an error: a stage-1 checkpoint must cover encoder, decoder and embedding.
+    """
+    own = model.state_dict()
+    bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    if bad:
+        raise ValueError(f"stage-1 state does not fit this model: {bad[:5]} (+{max(0, len(bad) - 5)})")
+    missing = [k for k in own if k not in state]
+    if any(not k.startswith("cluster.") for k in missing):
+        raise ValueError(f"stage-1 state lacks {[k for k in missing if not k.startswith('cluster.')][:5]}")
+    model.load_state_dict(state, strict=False)
+    return missing
+
+
+def encoder_state(model: LDNet) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.encoder.state_dict().items()}
+
+
+def load_encoder(path: str | Path, width: str | None = None) -> VGGEncoder:
+    """Build a :class:`VGGEncoder` from an exported encoder file (``.pt`` or ``.safetensors``).
+
+    The width is read from the file's metadata unless given.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        from safetensors import safe_open
+        state = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            width = width or (f.metadata() or {}).get("width")
+    else:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        state, width = blob["encoder"], width or blob.get("width")
+    if width is None:
+        raise ValueError(f"{path}: no encoder width recorded; pass width=")
+    enc = VGGEncoder(width)
+    enc.load_state_dict(state)
+    return enc
+
+
+def save_encoder(model: LDNet, path: str | Path) -> Path:
+    """Export the encoder alone: ``.pt`` (``{"encoder": state, "width": w}``) or ``.safetensors``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = encoder_state(model)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"width": model.encoder.width})
+    else:
+        torch.save({"encoder": state, "width": model.encoder.width}, path)
+    return path

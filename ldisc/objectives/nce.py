@@ -1,0 +1,199 @@
+"""Patch NCE: the invariant-and-spreading instance criterion (Ye et al. 2019) in a memory-lean form.
+
+For L2-normalised queries q_i, keys x_j, s_ij = q_i·x_j / τ and positive index pos(i):
+
+    Z_i    = Σ_{j ≠ i} exp(s_ij)  (+ Σ_{b ∈ bank} exp(s_ib))
+    p_ij   = exp(s_ij) / Z_i
+    loss_i = −log p_{i,pos(i)} − Σ_{j ∉ {i, pos(i)}} log(1 − p_ij)
+    L      = mean_i loss_i
+
+Rows are processed in chunks: no more than one (chunk × M) score matrix exists at a time, forward
+or backward; the backward pass recomputes the scores and applies the analytic gradient. With
+``detach_keys`` (the authors' default: their key side is taken with ``.data``) gradients reach the
+queries only. The two building blocks — a log-sum-exp over keys and a sum of log(1 − p) over keys —
+take an optional process group: then each rank holds a shard of the keys, forward statistics and
+backward partial sums are combined with one all-reduce each, and nothing key-sized is gathered.
+That is how the distributed memory bank enters the same criterion.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_CHUNK = 1024
+_LOG1M_CLAMP = 1 - 1e-7
+
+
+def _scores(q: torch.Tensor, keys: torch.Tensor, tau: float, exclude: torch.Tensor | None,
+            rows: slice) -> torch.Tensor:
+    """(chunk, M) scores with the excluded key of each row (index ≥ 0) set to −inf."""
+    s = q[rows] @ keys.t() / tau
+    if exclude is not None:
+        ex = exclude[rows]
+        if ex.ndim == 1:
+            ex = ex[:, None]
+        r = torch.arange(s.shape[0], device=s.device)[:, None].expand_as(ex)
+        valid = ex >= 0
+        s[r[valid], ex[valid]] = float("-inf")
+    return s
+
+
+def _all_reduce(t: torch.Tensor, group, op=None) -> torch.Tensor:
+    if group is not None:
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM, group=group)
+    return t
+
+
+class KeyLogSumExp(torch.autograd.Function):
+    """lse_i = log Σ_j exp(q_i·x_j/τ) over keys x (excluding ``exclude[i]``), over all ranks of ``group``."""
+
+    @staticmethod
+    def forward(ctx, q, keys, tau, exclude, chunk, group):
+        n = q.shape[0]
+        row_max = q.new_full((n,), float("-inf"))
+        sum_exp = q.new_zeros(n)
+        for start in range(0, n, chunk):
+            rows = slice(start, min(n, start + chunk))
+            s = _scores(q, keys, tau, exclude, rows)
+            m = s.max(1).values
+            row_max[rows] = m
+            sum_exp[rows] = torch.exp(s - torch.where(torch.isinf(m), 0, m)[:, None]).sum(1)
+        if group is not None:
+            global_max = _all_reduce(row_max.clone(), group, dist.ReduceOp.MAX)
+            sum_exp = _all_reduce(sum_exp * torch.exp(torch.nan_to_num(row_max - global_max, nan=0.0)), group)
+            row_max = global_max
+        lse = torch.log(sum_exp) + row_max
+        ctx.save_for_backward(q, keys, exclude, lse)
+        ctx.tau, ctx.chunk, ctx.group = tau, chunk, group
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad_lse):
+        q, keys, exclude, lse = ctx.saved_tensors
+        tau, chunk, group = ctx.tau, ctx.chunk, ctx.group
+        n = q.shape[0]
+        softmax_keys = q.new_zeros(n, q.shape[1])          # Σ_j p_ij x_j  (p = softmax over keys)
+        grad_keys = torch.zeros_like(keys) if ctx.needs_input_grad[1] else None
+        for start in range(0, n, chunk):
+            rows = slice(start, min(n, start + chunk))
+            p = torch.exp(_scores(q, keys, tau, exclude, rows) - lse[rows, None])
+            softmax_keys[rows] = p @ keys
+            if grad_keys is not None:
+                grad_keys += (p * grad_lse[rows, None]).t() @ q[rows] / tau
+        softmax_keys = _all_reduce(softmax_keys, group)
+        grad_q = grad_lse[:, None] * softmax_keys / tau if ctx.needs_input_grad[0] else None
+        return grad_q, grad_keys, None, None, None, None
+
+
+class KeyLog1mSum(torch.autograd.Function):
+    """t_i = Σ_j log(1 − exp(q_i·x_j/τ − log Z_i)) over keys x (excluding ``exclude[i, :]``), all ranks."""
+
+    @staticmethod
+    def forward(ctx, q, keys, log_z, tau, exclude, chunk, group):
+        n = q.shape[0]
+        total = q.new_zeros(n)
+        for start in range(0, n, chunk):
+            rows = slice(start, min(n, start + chunk))
+            p = torch.exp(_scores(q, keys, tau, exclude, rows) - log_z[rows, None])
+            total[rows] = torch.log1p(-p.clamp(max=_LOG1M_CLAMP)).sum(1)
+        total = _all_reduce(total, group)
+        ctx.save_for_backward(q, keys, log_z, exclude)
+        ctx.tau, ctx.chunk, ctx.group = tau, chunk, group
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_t):
+        q, keys, log_z, exclude = ctx.saved_tensors
+        tau, chunk, group = ctx.tau, ctx.chunk, ctx.group
+        n, d = q.shape
+        # packed partial sums: [Σ_j r_ij x_j | Σ_j r_ij] with r = p / (1 − p)
+        packed = q.new_zeros(n, d + 1)
+        grad_keys = torch.zeros_like(keys) if ctx.needs_input_grad[1] else None
+        for start in range(0, n, chunk):
+            rows = slice(start, min(n, start + chunk))
+            p = torch.exp(_scores(q, keys, tau, exclude, rows) - log_z[rows, None]).clamp(max=_LOG1M_CLAMP)
+            r = p / (1 - p)
+            packed[rows, :d] = r @ keys
+            packed[rows, d] = r.sum(1)
+            if grad_keys is not None:
+                grad_keys -= (r * grad_t[rows, None]).t() @ q[rows] / tau
+        packed = _all_reduce(packed, group)
+        grad_q = -grad_t[:, None] * packed[:, :d] / tau if ctx.needs_input_grad[0] else None
+        grad_log_z = grad_t * packed[:, d] if ctx.needs_input_grad[2] else None
+        return grad_q, grad_keys, grad_log_z, None, None, None, None
+
+
+class ExtraNegatives:
+    """Negatives beyond the batch (e.g. a memory bank), possibly sharded over a process group.
+
+    Every rank of ``group`` must call with the same queries; ``keys`` is this rank's shard.
+    """
+
+    def __init__(self, keys: torch.Tensor, group=None, chunk: int = DEFAULT_CHUNK):
+        self.keys, self.group, self.chunk = keys.detach(), group, chunk
+
+    def logsumexp(self, q: torch.Tensor, tau: float) -> torch.Tensor:
+        return KeyLogSumExp.apply(q, self.keys, tau, None, self.chunk, self.group)
+
+    def log1m_sum(self, q: torch.Tensor, log_z: torch.Tensor, tau: float) -> torch.Tensor:
+        return KeyLog1mSum.apply(q, self.keys, log_z, tau, None, self.chunk, self.group)
+
+
+def instance_nce(queries: torch.Tensor, keys: torch.Tensor, self_index: torch.Tensor,
+                 pos_index: torch.Tensor, tau: float = 0.1, detach_keys: bool = True,
+                 extra: ExtraNegatives | None = None, extra_queries: tuple[torch.Tensor, slice] | None = None,
+                 chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """Per-query loss_i (see module docstring). Returns a vector over the queries.
+
+    queries (N, D): this rank's vectors; keys (M, D): all vectors of the step (all ranks), of which
+    ``self_index[i]`` is query i itself and ``pos_index[i]`` its positive. ``extra`` adds negatives
+    to every denominator; when it is sharded it needs the same queries on every rank, given as
+    ``extra_queries = (all_queries, rows_of_this_rank)``.
+    """
+    if detach_keys:
+        keys = keys.detach()
+    positive = (queries * keys[pos_index]).sum(1) / tau
+    log_z = KeyLogSumExp.apply(queries, keys, tau, self_index, chunk, None)
+    extra_log1m = 0.0
+    if extra is not None:
+        all_q, rows = extra_queries if extra_queries is not None else (queries, slice(None))
+        log_z_extra = extra.logsumexp(all_q, tau)[rows]
+        log_z = torch.logaddexp(log_z, log_z_extra)
+        full_log_z = torch.zeros(all_q.shape[0], dtype=log_z.dtype, device=log_z.device)
+        full_log_z = full_log_z.index_put((torch.arange(all_q.shape[0], device=log_z.device)[rows],), log_z)
+        if extra_queries is not None:  # other ranks' rows: their log Z, detached (they own those losses)
+            full_log_z = _fill_other_rows(full_log_z, extra.group, rows)
+        extra_log1m = extra.log1m_sum(all_q, full_log_z, tau)[rows]
+    excluded = torch.stack([self_index, pos_index], 1)
+    batch_log1m = KeyLog1mSum.apply(queries, keys, log_z, tau, excluded, chunk, None)
+    return -(positive - log_z) - batch_log1m - extra_log1m
+
+
+def _fill_other_rows(full: torch.Tensor, group, rows: slice) -> torch.Tensor:
+    """Sum-all-reduce a detached copy so every rank sees every row's log Z; keep the local grad path."""
+    if group is None:
+        return full
+    gathered = full.detach().clone()
+    dist.all_reduce(gathered, group=group)
+    mask = torch.zeros_like(full, dtype=torch.bool)
+    mask[rows] = True
+    return torch.where(mask, full, gathered)
+
+
+def authors_nce(x: torch.Tensor, tau: float = 0.1, detach_keys: bool = True) -> torch.Tensor:
+    """Reference: the authors' BatchCriterion form, materialising the N×N matrices (tests, benches).
+
+    x: (N, D) unit vectors; the positive of row i is row (i + N/2) mod N.
+    """
+    n = x.shape[0]
+    key = x.detach() if detach_keys else x
+    reordered = torch.cat([key[n // 2:], key[:n // 2]])
+    pos = (x * reordered).sum(1).div(tau).exp()
+    all_prob = (x @ key.t()).div(tau).exp()
+    all_div = all_prob.sum(1) - all_prob.diagonal()   # Σ_{j≠i}
+    lnPmt = pos / all_div
+    lnPon = all_prob / all_div[:, None]
+    eye = torch.eye(n, dtype=torch.bool, device=x.device)
+    pos_mask = torch.roll(eye, n // 2, dims=1)
+    log1m = torch.log(1 - lnPon).masked_fill(eye | pos_mask, 0.0)
+    return -(torch.log(lnPmt) + log1m.sum(1)).mean()

@@ -1,0 +1,114 @@
+"""All losses of one LD step, from a batch of views — the one function every engine calls.
+
+    stage 1:  L = L_pd + L_mix
+    stage 2:  L = L_pd + L_mix + 10·L_rd + 0.1·L_ent  (+ λ_adv·L_adv with a shape prior)
+
+L_pd: instance NCE over the 8×8 patch vectors of the four views (x1_1, x2_1 | x1_2, x2_2; the
+positive of a patch is the same patch of the other view, after undoing the second view's flip and
+rot90), τ = 0.1, with all ranks' patches (and the memory bank, if any) as negatives.
+L_mix: patches of the mixup image against normalise(w·p(x1_1) + (1 − w)·p(x2_1)), detached.
+L_rd / L_ent: see :mod:`ldisc.objectives.region`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ldisc.dist import Collective
+from ldisc.objectives.nce import DEFAULT_CHUNK, ExtraNegatives, instance_nce
+from ldisc.objectives.patches import grid_vectors, patch_grid, undo_dihedral_grid
+from ldisc.objectives.region import (adversarial_generator_loss, cluster_centres, entropy_loss,
+                                     region_features, region_loss)
+from ldisc.views import VIEW_KEYS
+
+
+@dataclass
+class ObjectiveConfig:
+    stage: int = 1
+    grid: int = 8
+    tau_patch: float = 0.1
+    tau_region: float = 0.2
+    w_patch: float = 1.0
+    w_mix: float = 1.0
+    w_region: float = 10.0
+    w_entropy: float = 0.1
+    w_adversarial: float = 0.0
+    detach_keys: bool = True
+    prototype_momentum: float = 0.0
+    chunk: int = DEFAULT_CHUNK
+
+
+@dataclass
+class StepLosses:
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    patch_vectors: torch.Tensor            # this rank's L_pd query vectors, detached (for a bank)
+    masks: torch.Tensor | None = None      # cluster masks of all views (for a discriminator step)
+    extras: dict = field(default_factory=dict)
+
+
+def _nce_over_ranks(local: torch.Tensor, collective: Collective, cfg: ObjectiveConfig,
+                    extra: ExtraNegatives | None = None) -> torch.Tensor:
+    """Mean NCE of this rank's vectors against every rank's; positive = row + N/2 within a rank."""
+    n = local.shape[0]
+    keys = collective.gather(local)
+    offset = collective.offset(n)
+    rows = torch.arange(n, device=local.device)
+    self_index = rows + offset
+    pos_index = (rows + n // 2) % n + offset
+    extra_queries = None
+    if extra is not None:
+        others = keys.detach()
+        all_q = torch.cat([others[:offset], local, others[offset + n:]])
+        extra_queries = (all_q, slice(offset, offset + n))
+    loss = instance_nce(local, keys, self_index, pos_index, cfg.tau_patch, cfg.detach_keys,
+                        extra=extra, extra_queries=extra_queries, chunk=cfg.chunk)
+    return loss.mean()
+
+
+class LDObjective(nn.Module):
+    """Computes :class:`StepLosses` for ``model`` on ``batch`` (a dict from ``ldisc.views``)."""
+
+    def __init__(self, cfg: ObjectiveConfig, collective: Collective | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.collective = collective or Collective()
+        self.register_buffer("prototypes", torch.empty(0), persistent=True)
+
+    def forward(self, model: nn.Module, batch: dict[str, torch.Tensor],
+                bank: ExtraNegatives | None = None, discriminator: nn.Module | None = None) -> StepLosses:
+        cfg = self.cfg
+        b = batch["x1_1"].shape[0]
+        out = model(torch.cat([batch[k] for k in VIEW_KEYS]))
+        grids = patch_grid(out.embedding, cfg.grid).split(b)
+        g11, g12, g21, g22, gmix = grids
+        g12 = undo_dihedral_grid(g12, batch["flip1"], batch["rot1"])
+        g22 = undo_dihedral_grid(g22, batch["flip2"], batch["rot2"])
+
+        patch_local = torch.cat([grid_vectors(g) for g in (g11, g21, g12, g22)])
+        terms = {"patch": _nce_over_ranks(patch_local, self.collective, cfg, bank)}
+
+        w = batch["mix_w"].to(g11).view(-1, 1, 1, 1)
+        target = F.normalize(w * g11 + (1 - w) * g21, dim=1).detach()
+        mix_local = torch.cat([grid_vectors(gmix), grid_vectors(target)])
+        terms["mix"] = _nce_over_ranks(mix_local, self.collective, cfg)
+
+        total = cfg.w_patch * terms["patch"] + cfg.w_mix * terms["mix"]
+        if cfg.stage >= 2:
+            if out.masks is None:
+                raise ValueError("stage 2 needs a model with a clustering branch (model.clusters > 0)")
+            r = region_features(out.embedding, out.masks)
+            protos = self.prototypes if self.prototypes.numel() else None
+            centres = cluster_centres(r, self.collective, protos, cfg.prototype_momentum)
+            if cfg.prototype_momentum > 0:
+                self.prototypes = centres.detach().clone()
+            terms["region"] = region_loss(r, centres, cfg.tau_region)
+            terms["entropy"] = entropy_loss(out.masks)
+            total = total + cfg.w_region * terms["region"] + cfg.w_entropy * terms["entropy"]
+            if discriminator is not None and cfg.w_adversarial > 0:
+                terms["adversarial"] = adversarial_generator_loss(discriminator(out.masks[:, :1]))
+                total = total + cfg.w_adversarial * terms["adversarial"]
+        return StepLosses(total, terms, patch_local.detach(), out.masks)

@@ -1,0 +1,42 @@
+"""Patch grids: pool pixel embeddings to a G×G grid of unit vectors, and undo flip/rot90 on grids."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+
+def patch_grid(embedding: torch.Tensor, grid: int = 8) -> torch.Tensor:
+    """(B, D, H, W) → (B, D, G, G): adaptive average pool, then L2-normalise every patch vector."""
+    return F.normalize(F.adaptive_avg_pool2d(embedding, grid), dim=1)
+
+
+@lru_cache(maxsize=16)
+def _undo_tables(grid: int) -> torch.Tensor:
+    """(8, G·G) gather indices: row 4·flip + k undoes ``rot90(hflip^flip(·), k)`` on a flat grid."""
+    cells = torch.arange(grid * grid).view(grid, grid)
+    rows = []
+    for flip in (0, 1):
+        for k in range(4):
+            undone = torch.rot90(cells, -k, dims=(0, 1))
+            rows.append((undone.flip(1) if flip else undone).reshape(-1))
+    return torch.stack(rows)
+
+
+def undo_dihedral_grid(grids: torch.Tensor, flip: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Undo per-sample flip/rot90 on (B, D, G, G) grids with one gather (no loop over the batch).
+
+    Output cell (i, j) of sample b is the cell of the transformed grid that came from (i, j).
+    """
+    b, d, g, _ = grids.shape
+    table = _undo_tables(g).to(grids.device)
+    index = table[(4 * flip + rot).to(grids.device)]              # (B, G·G)
+    flat = grids.reshape(b, d, g * g)
+    return flat.gather(2, index[:, None, :].expand(b, d, g * g)).view(b, d, g, g)
+
+
+def grid_vectors(grids: torch.Tensor) -> torch.Tensor:
+    """(B, D, G, G) → (B·G·G, D), sample-major then row-major cells."""
+    b, d, g, _ = grids.shape
+    return grids.permute(0, 2, 3, 1).reshape(b * g * g, d)

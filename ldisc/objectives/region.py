@@ -1,0 +1,55 @@
+"""Region discrimination, entropy and the shape-prior adversarial terms of stage 2."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ldisc.dist import Collective
+
+_EPS = 1e-6
+
+
+def region_features(embedding: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """r_k = normalise(mean_{pixels} embedding · mask_k): (B, D, H, W), (B, K, H, W) → (B, K, D).
+
+    One contraction over pixels; the (B, K, D, H, W) product is never formed.
+    """
+    hw = embedding.shape[-1] * embedding.shape[-2]
+    r = torch.einsum("bdhw,bkhw->bkd", embedding, masks) / hw
+    return F.normalize(r, dim=2)
+
+
+def cluster_centres(r: torch.Tensor, collective: Collective, prototypes: torch.Tensor | None = None,
+                    momentum: float = 0.0) -> torch.Tensor:
+    """c_k = normalise(m · c_k^ema + (1 − m) · mean of r_k over the global batch); m = 0: the paper's."""
+    total = collective.all_reduce_sum(r.sum(0))
+    count = collective.all_reduce_detached(torch.tensor(float(r.shape[0]), device=r.device))
+    centre = total / count
+    if prototypes is not None and momentum > 0:
+        centre = momentum * prototypes.to(centre) + (1 - momentum) * centre
+    return F.normalize(centre, dim=1)
+
+
+def region_loss(r: torch.Tensor, centres: torch.Tensor, tau: float = 0.2) -> torch.Tensor:
+    """L_rd = −mean_{b,k} log p(k | r_bk),  p(k | r) = softmax_j (r · c_j / τ)."""
+    b, k, _ = r.shape
+    logits = torch.einsum("bkd,jd->bkj", r, centres) / tau
+    target = torch.arange(k, device=r.device).expand(b, k)
+    return F.cross_entropy(logits.reshape(b * k, k), target.reshape(-1))
+
+
+def entropy_loss(masks: torch.Tensor) -> torch.Tensor:
+    """L_ent = −mean [m log m + (1 − m) log(1 − m)] over masks, clusters and pixels."""
+    m = masks.clamp(_EPS, 1 - _EPS)
+    return -(m * torch.log(m) + (1 - m) * torch.log(1 - m)).mean()
+
+
+def adversarial_generator_loss(disc_logits_fake: torch.Tensor) -> torch.Tensor:
+    """Generator side: BCE(D(mask_0), real) — the cluster mask should look like a real shape."""
+    return F.binary_cross_entropy_with_logits(disc_logits_fake, torch.ones_like(disc_logits_fake))
+
+
+def adversarial_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """Discriminator side: BCE(D(real shapes), 1) + BCE(D(mask_0.detach()), 0)."""
+    return (F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real))
+            + F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake)))
