@@ -1,0 +1,101 @@
+"""``ldisc-shard``: ingest hospital images into a dataset, verify it, print statistics.
+
+    ldisc-shard ingest SRC --dataset DST --site NAME --modality fundus|xray [--workers N]
+    ldisc-shard verify DST
+    ldisc-shard stats DST
+
+The patient-key secret is read from $LDISC_PATIENT_KEY_SECRET or --secret-file only.
+Exit codes: 0 ok, 1 verify found problems, 2 usage/configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ldisc.data.store import open_store
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ldisc-shard", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    ing = sub.add_parser("ingest", help="append a folder of PNG/JPEG/TIFF/DICOM files to a dataset")
+    ing.add_argument("source", help="source folder")
+    ing.add_argument("--dataset", required=True, help="dataset path or s3://bucket/prefix")
+    ing.add_argument("--site", required=True)
+    ing.add_argument("--modality", required=True, choices=["fundus", "xray"])
+    ing.add_argument("--workers", type=int, default=1)
+    ing.add_argument("--size", type=int, default=512, help="output side in px (default 512)")
+    ing.add_argument("--max-pixels", type=int, default=100_000_000, help="decompression-bomb limit")
+    ing.add_argument("--shard-samples", type=int, default=1000)
+    ing.add_argument("--shard-bytes", type=int, default=256 << 20)
+    ing.add_argument("--files-from", help="file listing source paths relative to SRC (instead of a walk)")
+    ing.add_argument("--non-dicom-patient", choices=["file", "parent"], default="file",
+                     help="what identifies the patient of a non-DICOM file: the file or its folder")
+    ing.add_argument("--secret-file", help="file holding the patient-key HMAC secret")
+    ing.add_argument("--quarantine-report", help="JSONL report of skipped files (local path)")
+    ing.add_argument("--staging-dir", help="local folder for the temporary spool")
+    ing.add_argument("--metrics-file", help="write Prometheus metrics here at the end (textfile format)")
+    ing.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    ing.add_argument("--no-progress", action="store_true")
+    for name, text in (("verify", "re-check checksums and sample counts"),
+                       ("stats", "counts per site/modality/version and size histograms")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("dataset")
+        sp.add_argument("--version", default="latest")
+    return p
+
+
+def _ingest(args) -> int:
+    from .deid import SecretMissing, load_secret
+    from .ingest import IngestOptions, ingest, summary_lines
+    from .metrics import IngestMetrics
+
+    try:
+        secret = load_secret(args.secret_file)
+    except SecretMissing as e:
+        print(f"ldisc-shard: {e}", file=sys.stderr)
+        return 2
+    metrics = IngestMetrics()
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+    opts = IngestOptions(
+        source=args.source, dataset=args.dataset, site=args.site, modality=args.modality,
+        workers=args.workers, size=args.size, max_pixels=args.max_pixels,
+        shard_samples=args.shard_samples, shard_bytes=args.shard_bytes,
+        non_dicom_patient=args.non_dicom_patient, files_from=args.files_from,
+        quarantine_report=args.quarantine_report, staging_dir=args.staging_dir,
+        progress=not args.no_progress)
+    try:
+        result = ingest(opts, secret, metrics)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"ldisc-shard: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if args.metrics_file:
+            metrics.write(args.metrics_file)
+    print("\n".join(summary_lines(result)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "ingest":
+        return _ingest(args)
+    from .verify import stats_lines, verify
+
+    store = open_store(args.dataset)
+    version = args.version if args.version == "latest" else int(args.version)
+    if args.command == "verify":
+        problems, counts = verify(store, version)
+        for line in problems:
+            print(f"PROBLEM {line}")
+        print(f"verified version {counts['version']}: {counts['shards']} shards, {counts['samples']} samples, "
+              f"{counts['unreferenced_shards']} unreferenced shard objects, {len(problems)} problems")
+        return 1 if problems else 0
+    print("\n".join(stats_lines(store, version)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Decode one source file (PNG, JPEG, TIFF, DICOM) into pixels plus the few technical
+attributes preprocessing needs — and nothing else from the source.
+
+The format is decided by magic bytes, never by the file name. Every failure raises
+:class:`Quarantine` with a stable reason code; callers count and report it. The image
+size is checked against ``max_pixels`` *before* pixels are decoded (decompression bombs).
+For DICOM only the pixel module, windowing/rescale values and PatientID (to build the
+keyed pseudonym, never stored) are read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REASONS = (
+    "unsafe_path", "unreadable_file", "empty_file", "not_an_image", "corrupt_image",
+    "too_many_pixels", "unreadable_dicom", "unsupported_photometric", "unsupported_format",
+    "no_field_of_view", "processing_error",
+)
+
+
+class Quarantine(Exception):
+    """A source file that must be skipped; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class Decoded:
+    """Decoded pixels: (H, W) gray or (H, W, 3) RGB, any integer depth, plus display info."""
+
+    pixels: np.ndarray
+    photometric: str            # MONOCHROME1, MONOCHROME2 or RGB
+    bits_stored: int
+    source_format: str          # png, jpeg, tiff, dicom
+    window: tuple[float, float] | None = None   # DICOM VOI window (center, width)
+    rescale: tuple[float, float] = (1.0, 0.0)   # DICOM modality LUT (slope, intercept)
+    patient_id: str | None = None               # only used for the keyed pseudonym
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        return int(self.pixels.shape[1]), int(self.pixels.shape[0])
+
+    def content_hash(self) -> str:
+        """sha256 of the decoded pixels (dtype, shape and values): the sample id."""
+        arr = np.ascontiguousarray(self.pixels)
+        h = hashlib.sha256(f"{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(arr.tobytes())
+        return h.hexdigest()
+
+
+def sniff(head: bytes) -> str | None:
+    """Source format from the first 132 bytes, or None if it is not a supported image."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if head[128:132] == b"DICM":
+        return "dicom"
+    return None
+
+
+def decode_file(path: Path, max_pixels: int) -> Decoded:
+    """Decode ``path`` or raise :class:`Quarantine`."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError as e:
+        raise Quarantine("unreadable_file", type(e).__name__) from None
+    if not head:
+        raise Quarantine("empty_file")
+    fmt = sniff(head)
+    if fmt is None:
+        raise Quarantine("not_an_image", "unrecognised file signature")
+    return _decode_dicom(path, max_pixels) if fmt == "dicom" else _decode_pil(path, fmt, max_pixels)
+
+
+_PIL_MODES = {"L": "MONOCHROME2", "LA": "MONOCHROME2", "1": "MONOCHROME2", "RGB": "RGB",
+              "RGBA": "RGB", "P": "RGB", "I;16": "MONOCHROME2", "I;16B": "MONOCHROME2",
+              "I;16L": "MONOCHROME2", "I": "MONOCHROME2"}
+
+
+def _decode_pil(path: Path, fmt: str, max_pixels: int) -> Decoded:
+    Image.MAX_IMAGE_PIXELS = None  # our own limit below replaces PIL's warning/error
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise Quarantine("too_many_pixels", f"{w}x{h} > {max_pixels}")
+            if im.mode not in _PIL_MODES:
+                raise Quarantine("unsupported_photometric", f"image mode {im.mode}")
+            im.load()
+            mode = im.mode
+            if mode in ("1", "LA"):
+                im2, bits = im.convert("L"), 8
+            elif mode in ("RGBA", "P"):
+                im2, bits = im.convert("RGB"), 8
+            elif mode.startswith("I"):
+                im2, bits = im, 16
+            else:
+                im2, bits = im, 8
+            arr = np.array(im2)
+    except Quarantine:
+        raise
+    except Exception as e:  # truncated data, bad CRC, broken headers, ...
+        raise Quarantine("corrupt_image", f"{type(e).__name__}: {e}"[:200]) from None
+    if arr.ndim not in (2, 3) or arr.size == 0:
+        raise Quarantine("corrupt_image", f"unexpected pixel shape {arr.shape}")
+    if mode == "I":  # 32-bit container: keep the 16-bit range only if values fit
+        if arr.min() < 0 or arr.max() > 65535:
+            raise Quarantine("unsupported_format", "32-bit integer pixels")
+        arr = arr.astype(np.uint16)
+    return Decoded(arr, _PIL_MODES[mode], bits, fmt)
+
+
+def _decode_dicom(path: Path, max_pixels: int) -> Decoded:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path)
+    except (InvalidDicomError, Exception) as e:
+        raise Quarantine("unreadable_dicom", type(e).__name__) from None
+    if "PixelData" not in ds:
+        raise Quarantine("unreadable_dicom", "no pixel data")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if rows * cols * frames > max_pixels:
+        raise Quarantine("too_many_pixels", f"{cols}x{rows}x{frames} > {max_pixels}")
+    if frames != 1:
+        raise Quarantine("unsupported_format", f"{frames} frames")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422"):
+        raise Quarantine("unsupported_photometric", photometric or "missing")
+    bits = int(ds.get("BitsStored", 0) or 0)
+    if not 1 <= bits <= 16:
+        raise Quarantine("unsupported_format", f"BitsStored={bits}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = ds.pixel_array  # YBR is converted to RGB by pydicom
+    except Exception as e:
+        raise Quarantine("unreadable_dicom", f"pixel data: {type(e).__name__}") from None
+    if arr.shape[:2] != (rows, cols):
+        raise Quarantine("unreadable_dicom", f"pixel shape {arr.shape} != {rows}x{cols}")
+    window = None
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        center, width = ds.WindowCenter, ds.WindowWidth
+        center = float(center[0] if isinstance(center, pydicom.multival.MultiValue) else center)
+        width = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
+        window = (center, width) if width > 1 else None
+    rescale = (float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0))
+    out_photo = "RGB" if photometric.startswith(("RGB", "YBR")) else photometric
+    pid = str(ds.get("PatientID", "") or "").strip() or None
+    return Decoded(arr, out_photo, bits, "dicom", window, rescale, pid)
