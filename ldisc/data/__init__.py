@@ -1,0 +1,12 @@
+"""Dataset format (store, versioned manifest) and the streaming loader that feeds pretraining.
+
+Public API: :class:`StreamLoader` (resumable, elastic LD batches), :func:`open_store`,
+:func:`read_manifest`, :func:`latest_version`, :func:`list_versions`.
+"""
+
+from .loader import StreamLoader
+from .manifest import Manifest, latest_version, list_versions, read_manifest
+from .store import LocalStore, S3Store, open_store
+
+__all__ = ["StreamLoader", "Manifest", "latest_version", "list_versions", "read_manifest",
+           "LocalStore", "S3Store", "open_store"]

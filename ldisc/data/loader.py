@@ -1,0 +1,177 @@
+"""``StreamLoader``: the training-side data stream — epochs, manifest versions, position.
+
+    loader = StreamLoader("s3://bucket/ds", batch_size=4, seed=0, num_workers=2,
+                          view_config=ViewConfig(size=448))
+    loader.load_state_dict(ckpt["data"])          # optional: resume exactly
+    for epoch in range(epochs):
+        for batch in loader:                      # the (rest of the) current epoch
+            step(batch); ckpt["data"] = loader.state_dict()
+
+The position is ``{epoch, manifest_version, consumed}``: ``consumed`` counts the samples
+of the epoch's global order that all ranks together have taken (a multiple of
+world_size × 2 × batch_size of the run that saved it). Resuming re-splits the rest of the
+epoch's global order over the current world size, so the global sample sequence is the
+same whatever the world size. With ``version='latest'`` the newest manifest version is
+looked up at every epoch boundary (rank 0 decides and broadcasts it when
+torch.distributed is initialised) so newly ingested shards join without a restart; an
+epoch always finishes on the version it started with.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from . import order as order_mod
+from .manifest import latest_version, read_manifest
+from .samples import SampleTable
+from .store import open_store
+from .stream import EpochPlan, LDStream
+
+STATE_FORMAT = "ldisc-stream/1"
+
+
+def _dist_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+
+
+def _agree(value: int) -> int:
+    """Rank 0's value on every rank (identity without torch.distributed)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return int(box[0])
+    return value
+
+
+class StreamLoader:
+    """Deterministic, resumable, elastic stream of LD batches for one rank.
+
+    Args:
+        dataset: dataset path or ``s3://bucket/prefix``.
+        batch_size: pairs per rank and step; a step consumes 2 × batch_size images per rank.
+        seed: order and view seed.
+        version: manifest version (int, fixed) or 'latest' (re-read at each epoch start).
+        weights: mixing weights {'site/modality' fnmatch pattern: weight}; None = each
+            sample once per epoch.
+        epoch_samples: epoch length when weights are given (default: selected samples).
+        shuffle_window: samples permuted together after the shard-level shuffle.
+        num_workers: DataLoader worker processes (0 = in this process).
+        world_size, rank: default from torch.distributed, else $WORLD_SIZE/$RANK, else 1/0.
+        output: 'views' (default), 'images' or 'ids' (see :class:`LDStream`).
+        view_config: ``ldisc.views.ViewConfig`` (default ViewConfig()).
+    """
+
+    def __init__(self, dataset: str, batch_size: int, *, seed: int = 0, version: int | str = "latest",
+                 weights: dict[str, float] | None = None, epoch_samples: int | None = None,
+                 shuffle_window: int = 2048, num_workers: int = 0, world_size: int | None = None,
+                 rank: int | None = None, output: str = "views", view_config: Any = None,
+                 prefetch_factor: int = 2, endpoint_url: str | None = None):
+        dist_world, dist_rank = _dist_world()
+        self.world_size = world_size if world_size is not None else dist_world
+        self.rank = rank if rank is not None else dist_rank
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} outside world size {self.world_size}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self.dataset, self.batch_size, self.seed = str(dataset), batch_size, int(seed)
+        self.version, self.weights, self.epoch_samples = version, weights, epoch_samples
+        self.shuffle_window, self.num_workers, self.output = shuffle_window, num_workers, output
+        self.view_config, self.prefetch_factor, self.endpoint_url = view_config, prefetch_factor, endpoint_url
+        self.store = open_store(self.dataset, endpoint_url)
+        self.epoch, self.consumed, self.epoch_version = 0, 0, None
+        self.corrupt_samples = 0          # images replaced because they could not be decoded
+        self.dropped_samples = 0          # epoch tails no rank saw (split remainder)
+        self._tables: dict[int, SampleTable] = {}
+
+    @property
+    def per_rank(self) -> int:
+        return 2 * self.batch_size
+
+    # -- position ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The data position (tiny, JSON-serialisable)."""
+        return {"format": STATE_FORMAT, "seed": self.seed, "epoch": self.epoch,
+                "manifest_version": self.epoch_version, "consumed": self.consumed,
+                "world_size": self.world_size, "batch_size": self.batch_size,
+                "per_rank_consumed": self.consumed // self.world_size,
+                "corrupt_samples": self.corrupt_samples, "dropped_samples": self.dropped_samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state`` (any world size and batch size; same seed required)."""
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a stream position: {state.get('format')!r}")
+        if int(state["seed"]) != self.seed:
+            raise ValueError(f"position was saved with seed {state['seed']}, loader has {self.seed}")
+        self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
+        version = state.get("manifest_version")
+        self.epoch_version = None if version is None else int(version)
+        if self.consumed and self.epoch_version is None:
+            raise ValueError("a mid-epoch position needs its manifest_version")
+        self.corrupt_samples = int(state.get("corrupt_samples", 0))
+        self.dropped_samples = int(state.get("dropped_samples", 0))
+
+    # -- planning ---------------------------------------------------------------------
+    def _table(self, version: int) -> SampleTable:
+        if version not in self._tables:
+            self._tables = {version: SampleTable.from_manifest(read_manifest(self.store, version))}
+        return self._tables[version]
+
+    def epoch_order(self, version: int, epoch: int):
+        """The global order (rows of the version's sample table) of ``epoch``."""
+        table = self._table(version)
+        rows = order_mod.select(table.group_index, table.groups, self.seed, epoch,
+                                self.weights, self.epoch_samples)
+        return order_mod.shuffle(rows, table.shard_index, self.seed, epoch, self.shuffle_window)
+
+    def plan(self) -> EpochPlan:
+        """The plan of the rest of the current epoch (resolves the version at its start)."""
+        if self.epoch_version is None:
+            wanted = latest_version(self.store) if self.version == "latest" else int(self.version)
+            self.epoch_version = _agree(wanted)
+        if self.epoch_version == 0:
+            raise RuntimeError(f"dataset {self.dataset} has no committed manifest version")
+        order = self.epoch_order(self.epoch_version, self.epoch)
+        if self.consumed > len(order):
+            raise ValueError(f"position {self.consumed} beyond the {len(order)} samples of epoch {self.epoch}")
+        return EpochPlan(self.epoch_version, self.epoch, self.consumed, order,
+                         self.world_size, self.rank, self.per_rank)
+
+    def steps_remaining(self) -> int:
+        """Steps left in the current epoch (equal on every rank)."""
+        return self.plan().n_steps
+
+    def stream(self, plan: EpochPlan) -> LDStream:
+        size = getattr(self.view_config, "size", 512)
+        return LDStream(self.dataset, self._table(plan.version), plan, seed=self.seed, output=self.output,
+                        view_config=self.view_config, endpoint_url=self.endpoint_url, fallback_size=size)
+
+    # -- iteration --------------------------------------------------------------------
+    def __iter__(self):
+        """Yield the remaining batches of the current epoch, then move to the next epoch."""
+        plan = self.plan()
+        stream = self.stream(plan)
+        if self.num_workers > 0 and plan.n_steps > 0:
+            batches = torch.utils.data.DataLoader(
+                stream, batch_size=None, num_workers=self.num_workers,
+                prefetch_factor=self.prefetch_factor, persistent_workers=False)
+        else:
+            batches = stream
+        expected = 0
+        for batch in batches:
+            if batch["step"] != expected:  # DataLoader hands out worker outputs round-robin
+                raise RuntimeError(f"batch order broken: got step {batch['step']}, expected {expected}")
+            expected += 1
+            self.consumed += self.world_size * self.per_rank
+            self.corrupt_samples += int(batch["corrupt"])
+            yield batch
+        self.dropped_samples += plan.dropped
+        self.epoch, self.consumed, self.epoch_version = self.epoch + 1, 0, None
