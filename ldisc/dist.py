@@ -32,6 +32,11 @@ class Collective:
         """Index of this rank's first row in a gathered tensor."""
         return self.rank * local_rows
 
+    @property
+    def process_group(self):
+        """The group for code that reads ``None`` as "one process" (``ExtraNegatives``, ``nce``)."""
+        return None
+
 
 class ProcessGroupCollective(Collective):
     """torch.distributed collectives on ``group`` (default: the world)."""
@@ -55,6 +60,11 @@ class ProcessGroupCollective(Collective):
         y = x.detach().clone()
         dist.all_reduce(y, group=self.group)
         return y
+
+    @property
+    def process_group(self):
+        """``group``, with ``None`` (the world) made explicit: ``None`` means one process to ``nce``."""
+        return self.group if self.group is not None else dist.group.WORLD
 
 
 def default_collective() -> Collective:

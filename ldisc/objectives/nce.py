@@ -52,7 +52,7 @@ class KeyLogSumExp(torch.autograd.Function):
         n = q.shape[0]
         row_max = q.new_full((n,), float("-inf"))
         sum_exp = q.new_zeros(n)
-        for start in range(0, n, chunk):
+        for start in range(0, n if keys.shape[0] else 0, chunk):   # an empty shard adds e^{−inf}
             rows = slice(start, min(n, start + chunk))
             s = _scores(q, keys, tau, exclude, rows)
             m = s.max(1).values
