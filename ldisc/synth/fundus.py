@@ -33,7 +33,7 @@ FUNDUS_MASKS = ("vessel", "disc", "cup", "exudate", "haemorrhage")
 FUNDUS_LANDMARKS = ("disc_center", "fovea")
 
 # Optical absorption of blood per RGB channel (green is absorbed most, red least).
-_BLOOD_ABSORPTION = np.array([0.24, 0.60, 0.58], np.float32)
+_BLOOD_ABSORPTION = np.array([0.26, 0.70, 0.66], np.float32)
 _ARTERY_STRENGTH = 0.62  # arteries (oxygenated, thinner walls) absorb less than veins
 # Macular pigment darkens green and blue far more than red.
 _MACULA_ABSORPTION = np.array([0.13, 0.55, 0.62], np.float32)
