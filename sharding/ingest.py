@@ -170,6 +170,8 @@ def _builder(store: Store, opts: IngestOptions, spool: _Spool, spooled: list[_Sp
         existing = parent.sample_ids()
         new = [s for s in spooled if s.sample_id not in existing]
         state.update(added=len(new), dup_existing=len(spooled) - len(new), shard_bytes=0, shards=0)
+        if not new:
+            return None
         created = pa.scalar(int(time.time() * 1000), pa.timestamp("ms", tz="UTC"))
         shard_rows, sample_rows = [], []
         for chunk in _chunks(new, opts.shard_samples, opts.shard_bytes):

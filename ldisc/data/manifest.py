@@ -117,18 +117,22 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-Builder = Callable[[Manifest], tuple[pa.Table, pa.Table, dict]]
+Builder = Callable[[Manifest], "tuple[pa.Table, pa.Table, dict] | None"]
 
 
 def commit_version(store: Store, build: Builder, max_attempts: int = 20) -> Manifest:
     """Append a version built from the latest one, retrying when another writer wins.
 
     ``build(parent)`` returns the new cumulative (shards, samples) tables and a dict of
-    extra commit info; it must be idempotent because it runs again after a conflict.
+    extra commit info, or None when it has nothing to add (then no version is written and
+    the parent is returned); it must be idempotent because it runs again after a conflict.
     """
     for attempt in range(max_attempts):
         parent = read_manifest(store, "latest")
-        shards, samples, extra = build(parent)
+        built = build(parent)
+        if built is None:
+            return parent
+        shards, samples, extra = built
         shards, samples = shards.cast(SHARD_SCHEMA), samples.cast(SAMPLE_SCHEMA)
         version = parent.version + 1
         token = uuid.uuid4().hex[:12]
