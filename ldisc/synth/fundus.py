@@ -212,6 +212,17 @@ def _lesion_layers(rng: np.random.Generator, lay: FundusLayout):
     return exudates, haemorrhages
 
 
+def _bounding_window(layer, pad: int):
+    """(rows, cols) slices around everything drawn in ``layer``, padded; None if empty."""
+    box = layer.getbbox()
+    if box is None:
+        return None
+    x0, y0, x1, y1 = box
+    width, height = layer.size
+    return (slice(max(0, y0 - pad), min(height, y1 + pad)),
+            slice(max(0, x0 - pad), min(width, x1 + pad)))
+
+
 def render_fundus(rng: np.random.Generator, size: int, lesions: bool, site: int | None):
     """Draw one fundus photograph: (uint8 HxWx3 image, masks, landmarks, site index)."""
     site_index, look = pick_site(rng, site, FUNDUS_SITES)
@@ -227,17 +238,23 @@ def render_fundus(rng: np.random.Generator, size: int, lesions: bool, site: int 
     fov = to_fov_center < np.float32(lay.fov_radius**2)
     masks = {"vessel": layer_mask(vessels) & fov, "disc": disc, "cup": cup}
 
+    masks["exudate"] = np.zeros((size, size), bool)
+    masks["haemorrhage"] = np.zeros((size, size), bool)
     if lesions:
         exudates, haemorrhages = _lesion_layers(rng, lay)
-        alpha = soften(exudates, soft)[..., None]
         yellow = np.array([0.98, 0.86, 0.38], np.float32) * np.float32(rng.uniform(0.85, 1.05))
-        image[:] = image * (1 - alpha) + yellow * alpha
-        image *= 1.0 - soften(haemorrhages, soft)[..., None] * _HAEMORRHAGE_ABSORPTION
-        masks["exudate"] = layer_mask(exudates) & fov
-        masks["haemorrhage"] = layer_mask(haemorrhages) & fov
-    else:
-        masks["exudate"] = np.zeros((size, size), bool)
-        masks["haemorrhage"] = np.zeros((size, size), bool)
+        for layer, name in ((exudates, "exudate"), (haemorrhages, "haemorrhage")):
+            window = _bounding_window(layer, pad=int(3 * soft) + 2)
+            if window is None:
+                continue
+            alpha = soften(layer.crop((window[1].start, window[0].start,
+                                       window[1].stop, window[0].stop)), soft)[..., None]
+            patch = image[window]
+            if name == "exudate":  # blend towards bright yellow
+                patch += alpha * (yellow - patch)
+            else:  # dark red: blood absorbs green and blue most
+                patch *= 1.0 - alpha * _HAEMORRHAGE_ABSORPTION
+            masks[name][window] = layer_mask(layer)[window] & fov[window]
 
     # anti-aliased rim: R - r is about (R^2 - r^2) / 2R near the rim, with no square root
     support = (np.float32(lay.fov_radius**2) - to_fov_center) / np.float32(2 * lay.fov_radius)
