@@ -15,6 +15,7 @@ from typing import Callable
 
 MARKER = "COMPLETE"
 PREFIX = "step_"
+TMP_PREFIX = ".tmp-"
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
@@ -56,24 +57,46 @@ def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, write: Callable[[Path], None], keep: int = 3,
-                    meta: dict | None = None) -> tuple[Path, float]:
-    """Create ``step_<step>`` atomically via ``write(tmp_dir)``; keep the newest ``keep``. → (path, seconds)."""
+                    meta: dict | None = None, rank: int = 0,
+                    barrier: Callable[[], None] = lambda: None) -> tuple[Path, float]:
+    """Create ``step_<step>`` atomically via ``write(tmp_dir)``; keep the newest ``keep``. → (path, seconds).
+
+    Collective when several ranks call it with their ``rank`` and a shared ``barrier``: rank 0 makes
+    the temporary directory (a name every rank can derive), every rank writes its files into it and
+    flushes them, and after a barrier rank 0 writes ``meta.json`` and the marker and renames.
+    """
     started = time.perf_counter()
     root = checkpoint_root(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = root / f"{TMP_PREFIX}{final.name}"
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(run_dir)
+        tmp.mkdir()
+    barrier()
     write(tmp)
-    (tmp / "meta.json").write_text(json.dumps({"step": step, "time": time.time(), **(meta or {})}, indent=1))
     _fsync_dir_files(tmp)
-    (tmp / MARKER).write_text("ok\n")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    prune(run_dir, keep)
+    barrier()
+    if rank == 0:
+        (tmp / "meta.json").write_text(json.dumps({"step": step, "time": time.time(), **(meta or {})}, indent=1))
+        _fsync_dir_files(tmp, only=("meta.json",))
+        (tmp / MARKER).write_text("ok\n")
+        _fsync_dir_files(tmp, only=(MARKER,))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        prune(run_dir, keep)
+    barrier()
     return final, time.perf_counter() - started
+
+
+def remove_stale_temporaries(run_dir: str | Path) -> None:
+    """Delete half-written checkpoints left by a crash during a save."""
+    root = checkpoint_root(run_dir)
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(TMP_PREFIX):
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def prune(run_dir: str | Path, keep: int) -> None:
@@ -83,8 +106,9 @@ def prune(run_dir: str | Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _fsync_dir_files(path: Path) -> None:
-    for f in path.rglob("*"):
+def _fsync_dir_files(path: Path, only: tuple[str, ...] | None = None) -> None:
+    files = [path / n for n in only] if only else path.rglob("*")
+    for f in files:
         if f.is_file():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())

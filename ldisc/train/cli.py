@@ -1,6 +1,13 @@
-"""``ldisc-pretrain``: Hydra app over ``configs/pretrain.yaml``; e.g. ``ldisc-pretrain data.modality=xray``."""
+"""``ldisc-pretrain``: Hydra app over ``configs/pretrain.yaml``.
+
+One process:      ``ldisc-pretrain run_dir=runs/a train.stage1_steps=20``
+One machine:      ``torchrun --nproc-per-node 4 -m ldisc.train.cli run_dir=runs/a engine.zero_stage=2``
+Several nodes:    ``torchrun --nnodes 2 --node-rank R --rdzv-backend c10d --rdzv-endpoint HOST:29400
+                  --nproc-per-node 8 -m ldisc.train.cli run_dir=/shared/runs/a train.resume=auto``
+"""
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
@@ -13,12 +20,18 @@ def _main(cfg: DictConfig) -> None:
     from ldisc.train.run import run_pretraining
 
     result = run_pretraining(cfg)
-    if result is not None:
-        print(f"checkpoint: {result.checkpoint}\nencoder: {result.encoder_path}\nlog: {result.run_dir / 'losses.jsonl'}")
+    if int(os.environ.get("RANK", 0)) == 0 and result.checkpoint is not None:
+        last = result.losses[-1] if result.losses else {}
+        print(f"steps: {last.get('step', 0)}  final total loss: {last.get('total', float('nan')):.4f}\n"
+              f"checkpoint: {result.checkpoint}\nencoder: {result.encoder_path}\n"
+              f"log: {result.run_dir / 'losses.jsonl'}\ncurve: {result.run_dir / 'loss_curve.png'}", flush=True)
 
 
 def main() -> None:
     hydra.main(config_path=str(config_dir()), config_name="pretrain", version_base="1.3")(_main)()
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        from ldisc.train.env import hard_exit
+        hard_exit(0)     # all ranks are done and the group is destroyed; skip gloo's exit-time teardown
 
 
 if __name__ == "__main__":

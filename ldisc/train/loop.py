@@ -1,29 +1,36 @@
-"""The pretraining loop: stage 1 (L_pd + L_mix) then stage 2 (+ region, entropy), engine-agnostic.
+"""The pretraining loop: stage 1 (L_pd + L_mix) then stage 2 (+ region, entropy, shape prior).
 
-config → data source → model → engine → steps → checkpoints. The engine owns placement and the
-optimiser; the data source owns the position; :class:`~ldisc.objectives.objective.LDObjective` owns
-the losses. Everything needed to continue exactly goes into each checkpoint.
+config → data source → model → DeepSpeed :class:`~ldisc.train.engine.Engine` → steps → checkpoints.
+One ``step`` is one optimiser step (``engine.gradient_accumulation`` micro-batches per rank). The
+engine owns placement, optimiser and schedule; the data source owns the position; the objective owns
+the losses; the bank and the shape prior ride along. Everything needed to continue exactly goes into
+each checkpoint (see :meth:`Trainer.save`).
 """
 from __future__ import annotations
 
 import json
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from ldisc.config import to_dataclass
+from ldisc.dist import default_collective
 from ldisc.model import LDNet, load_stage1, save_encoder
 from ldisc.objectives.objective import LDObjective, ObjectiveConfig
 from ldisc.train import checkpoint as ckpt
-from ldisc.train.engine_local import LocalEngine, pick_device
+from ldisc.train import faults
+from ldisc.train.ds_config import build_ds_config
+from ldisc.train.engine import Engine
+from ldisc.train.env import DistInfo, barrier, broadcast_object
 from ldisc.train.metrics import TrainMetrics
-from ldisc.train.synthetic_source import SyntheticPairSource
+from ldisc.train.rng import rng_state, set_rng_state
+from ldisc.train.runlog import JsonlLog, plot_losses
+from ldisc.train.shape_prior import ShapePrior
+from ldisc.train.sources import build_bank, build_data_source
 
 
 @dataclass
@@ -34,156 +41,209 @@ class PretrainResult:
     losses: list[dict] = field(default_factory=list)
 
 
-def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-
-
-def build_data_source(cfg: DictConfig, rank: int = 0, device: torch.device | str = "cpu"):
-    d = cfg.data
-    if d.source == "synthetic":
-        return SyntheticPairSource(d.modality, d.image_size, d.size, d.pool, cfg.train.batch_size,
-                                   cfg.seed, rank, device)
-    raise ValueError(f"unknown data.source {d.source!r}")
+def _rank_file(rank: int) -> str:
+    return f"rank_{rank:05d}.pt"
 
 
 class Trainer:
-    """Runs both stages for one process. ``make_engine(module, cfg)`` returns a LocalEngine-like object."""
+    """Runs both stages in one process of a (possibly one-process) DeepSpeed job."""
 
-    def __init__(self, cfg: DictConfig, make_engine=None, collective=None, data=None, rank: int = 0):
-        self.cfg = cfg
-        self.rank = rank
+    def __init__(self, cfg: DictConfig, info: DistInfo, data=None):
+        self.cfg, self.info, self.rank = cfg, info, info.rank
+        self.device = info.device
         self.run_dir = Path(cfg.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.device = pick_device(cfg.device)
-        self.make_engine = make_engine or (lambda module, c: LocalEngine(
-            module, c.train.lr, c.train.lr_halve_every, c.engine.get("grad_clip", 0.0), self.device))
-        self.collective = collective
-        self.data = data if data is not None else build_data_source(cfg, rank, self.device)
-        self.metrics = TrainMetrics(rank, int(cfg.metrics.port))
-        self.log_path = self.run_dir / "losses.jsonl"
+        self.collective = default_collective()
+        self.data = data if data is not None else build_data_source(cfg, info)
+        self.bank = build_bank(cfg, self.collective, info)
+        m = cfg.metrics
+        self.metrics = TrainMetrics(self.rank, int(m.port), info.local_rank, str(m.get("addr", "127.0.0.1")))
+        self.log = JsonlLog(self.run_dir / "losses.jsonl", enabled=self.rank == 0)
+        self.samples_log = JsonlLog(self.run_dir / f"samples.rank{self.rank}.jsonl")
+        self.ds_config = build_ds_config(cfg, info.world_size)
+        if self.rank == 0:
+            (self.run_dir / "ds_config.json").write_text(json.dumps(self.ds_config, indent=1))
+        self.engine: Engine | None = None
+        self.shape_prior: ShapePrior | None = None
         self.losses: list[dict] = []
-        self.step = 0
+        self.step, self.stage = 0, 0
         self.last_checkpoint: Path | None = None
 
     # -- construction ---------------------------------------------------------------------------
-    def _objective(self, stage: int) -> LDObjective:
-        ocfg = to_dataclass(ObjectiveConfig, self.cfg.objective)
-        ocfg.stage = stage
-        return LDObjective(ocfg, self.collective).to(self.device)
-
     def _model(self, stage: int) -> LDNet:
         m = self.cfg.model
         return LDNet(m.width, m.embed_dim, int(m.clusters) if stage == 2 else 0)
 
-    def _setup_stage(self, stage: int, init_state: dict | None = None):
-        torch.manual_seed(self.cfg.seed + stage)
+    def _setup_stage(self, stage: int, init_state: dict | None = None) -> None:
+        if self.engine is not None:
+            self.engine.destroy()
+        torch.manual_seed(int(self.cfg.seed) + stage)
         model = self._model(stage)
         if init_state is not None:
             load_stage1(model, init_state)
-        self.engine = self.make_engine(model, self.cfg)
-        self.objective = self._objective(stage)
+        self.engine = Engine(model, self.cfg.engine, self.ds_config, self.info)
+        ocfg = to_dataclass(ObjectiveConfig, self.cfg.objective)
+        ocfg.stage = stage
+        self.objective = LDObjective(ocfg, self.collective).to(self.device)
+        self.shape_prior = None
+        if stage == 2 and ocfg.w_adversarial > 0:
+            t = self.cfg.train
+            self.shape_prior = ShapePrior(self.cfg, float(t.lr), int(t.lr_halve_every), int(self.cfg.data.size),
+                                          self.device)
         self.stage = stage
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save(self) -> Path:
-        def write(tmp: Path) -> None:
-            torch.save({"model": self.engine.module.state_dict(), "engine": self.engine.state_dict(),
-                        "objective": self.objective.state_dict(), "data": self.data.state_dict(),
-                        "rng": rng_state(), "step": self.step, "stage": self.stage,
-                        "config": OmegaConf.to_yaml(self.cfg)}, tmp / "state.pt")
-            save_encoder(self.engine.module, tmp / "encoder.pt")
+        """Collective. Files: ``ds/`` (DeepSpeed: weights, optimizer partitions, scheduler),
+        ``trainer.pt`` (step, stage, config, objective and shape-prior state), ``rank_<r>.pt`` (RNG,
+        data position), ``bank/`` (memory-bank shards), ``model.pt`` (full weights),
+        ``encoder.pt`` and ``encoder.safetensors`` (the encoder alone)."""
+        full = self.engine.full_state_dict()
 
-        path, seconds = ckpt.save_checkpoint(self.run_dir, self.step, write, self.cfg.train.keep_checkpoints,
-                                             {"stage": self.stage})
-        self.metrics.checkpoint_seconds.labels(str(self.rank)).observe(seconds)
+        def write(tmp: Path) -> None:
+            self.engine.save(tmp)
+            if self.bank is not None:
+                from ldisc.bank import save_bank
+                save_bank(self.bank, tmp / "bank")
+            torch.save({"rng": rng_state(), "data": self.data.state_dict()}, tmp / _rank_file(self.rank))
+            if self.rank == 0:
+                torch.save({"step": self.step, "stage": self.stage, "world_size": self.info.world_size,
+                            "config": OmegaConf.to_yaml(self.cfg), "objective": self.objective.state_dict(),
+                            "shape_prior": self.shape_prior.state_dict() if self.shape_prior else None},
+                           tmp / "trainer.pt")
+                self._export(full, tmp)
+            faults.maybe_kill_in_save(self.step, self.rank)
+
+        path, seconds = ckpt.save_checkpoint(self.run_dir, self.step, write, int(self.cfg.train.keep_checkpoints),
+                                             {"stage": self.stage, "world_size": self.info.world_size},
+                                             rank=self.rank, barrier=barrier)
+        self.metrics.observe_checkpoint(seconds)
         self.last_checkpoint = path
         return path
 
+    def _export(self, full: dict, directory: Path) -> None:
+        torch.save(full, directory / "model.pt")
+        model = self._model(self.stage)
+        model.load_state_dict(full)
+        save_encoder(model, directory / "encoder.pt")
+        try:
+            save_encoder(model, directory / "encoder.safetensors")
+        except ImportError:
+            pass
+
     def _restore(self, path: Path) -> None:
-        state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
-        self._setup_stage(state["stage"])
-        self.engine.module.load_state_dict(state["model"])
-        self.engine.load_state_dict(state["engine"])
+        """Collective: continue exactly from checkpoint ``path``."""
+        state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
+        self._setup_stage(int(state["stage"]))
+        self.engine.load(path)
         self.objective.load_state_dict(state["objective"], strict=False)
         self.objective.prototypes = state["objective"].get("prototypes", torch.empty(0)).to(self.device)
-        self.data.load_state_dict(state["data"])
-        set_rng_state(state["rng"])
-        self.step = state["step"]
+        if self.shape_prior is not None and state.get("shape_prior"):
+            self.shape_prior.load_state_dict(state["shape_prior"])
+        own = path / _rank_file(self.rank)
+        local = torch.load(own if own.exists() else path / _rank_file(0), map_location="cpu", weights_only=False)
+        self.data.load_state_dict(local["data"])
+        if own.exists():
+            set_rng_state(local["rng"])
+        if self.bank is not None:
+            from ldisc.bank import load_bank
+            load_bank(self.bank, path / "bank")
+        self.step = int(state["step"])
+        if self.rank == 0:
+            self.log.truncate(self.step)
+        self.samples_log.truncate(self.step)
+        barrier()
+        self.losses = self.log.read() if self.rank == 0 else []
+        self.last_checkpoint = path
 
     # -- the loop -------------------------------------------------------------------------------
+    def _micro_step(self, terms_sum: dict[str, float], keys: list) -> tuple[int, float]:
+        """Forward + backward of one micro-batch → (images, seconds waited for data)."""
+        t0 = time.perf_counter()
+        batch = self.data.next_batch()
+        wait = time.perf_counter() - t0
+        keys.extend(batch.pop("keys", None) or batch.pop("sample_ids", None) or [])
+        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        self.engine.train()
+        disc = self.shape_prior.discriminator if self.shape_prior else None
+        bank = self.bank.negatives() if self.bank is not None else None
+        result = self.objective(self.engine, batch, bank=bank, discriminator=disc)
+        self.engine.backward(result.total)
+        if self.bank is not None:
+            self.bank.enqueue(result.patch_vectors)
+        terms = {k: v.detach() for k, v in result.terms.items()}
+        terms["total"] = result.total.detach()
+        if self.shape_prior is not None:
+            terms["discriminator"] = torch.tensor(self.shape_prior.step(result.masks, self.step, self.rank))
+        for k, v in terms.items():
+            terms_sum[k] = terms_sum.get(k, 0.0) + v.float().cpu()
+        self.engine.step()
+        return 5 * batch["x1_1"].shape[0], wait
+
+    def _global_mean(self, terms: dict, micro: int) -> dict[str, float]:
+        names = sorted(terms)
+        vec = torch.stack([torch.as_tensor(terms[k], dtype=torch.float64) for k in names]).to(self.device)
+        vec = self.collective.all_reduce_detached(vec) / (self.info.world_size * micro)
+        return {k: float(v) for k, v in zip(names, vec.cpu())}
+
     def _train_steps(self, until: int, bar: tqdm) -> None:
         t = self.cfg.train
+        micro = int(self.cfg.engine.gradient_accumulation)
         while self.step < until:
+            faults.maybe_kill_at_step(self.step + 1, self.rank)
             t0 = time.perf_counter()
-            batch = self.data.next_batch()
-            t1 = time.perf_counter()
-            self.engine.module.train()
-            result = self.objective(self.engine.module, batch)
-            self.engine.step(result.total)
+            terms_sum, keys, images, wait = {}, [], 0, 0.0
+            for _ in range(micro):
+                n, w = self._micro_step(terms_sum, keys)
+                images, wait = images + n, wait + w
+            lr = self.engine.lr
             self.step += 1
             seconds = time.perf_counter() - t0
-            terms = {k: float(v.detach()) for k, v in result.terms.items()}
-            terms["total"] = float(result.total.detach())
-            images = 5 * batch["x1_1"].shape[0]
-            self.metrics.observe_step(seconds, t1 - t0, images, terms, self.stage)
-            record = {"step": self.step, "stage": self.stage, "lr": self.engine.lr,
-                      "seconds": round(seconds, 4), **{k: round(v, 6) for k, v in terms.items()}}
+            local = {k: float(v) / micro for k, v in terms_sum.items()}
+            self.metrics.observe_step(seconds, wait, images, local, self.stage)
+            self.metrics.set_bank_fill(self.bank.fill_ratio if self.bank is not None else 0.0)
+            terms = self._global_mean(terms_sum, micro)
+            record = {"step": self.step, "stage": self.stage, "lr": lr, "seconds": round(seconds, 4),
+                      "images_per_s": round(images * self.info.world_size / seconds, 3), **terms}
             self.losses.append(record)
-            with open(self.log_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            self.log.append(record)
+            self.samples_log.append({"step": self.step, "keys": keys})
             bar.update(1)
-            bar.set_postfix(stage=self.stage, **{k: f"{v:.3f}" for k, v in terms.items()})
-            if self.step % t.checkpoint_every == 0 or self.step == until:
+            bar.set_postfix(stage=self.stage, **{k: f"{v:.3f}" for k, v in terms.items() if k != "discriminator"})
+            if self.step % int(t.checkpoint_every) == 0 or self.step == until:
                 self.save()
 
     def run(self) -> PretrainResult:
         t = self.cfg.train
         s1 = 0 if t.init_from else int(t.stage1_steps)
         total = s1 + int(t.stage2_steps)
-        resume = ckpt.resolve_resume(t.resume, self.run_dir)
+        resume = broadcast_object(ckpt.resolve_resume(t.resume, self.run_dir) if self.rank == 0 else None)
         if resume is not None:
-            self._restore(resume)
+            self._restore(Path(resume))
         elif s1 > 0:
             self._setup_stage(1)
-        bar = tqdm(total=total, initial=self.step, desc="ldisc pretrain", disable=not t.progress or self.rank != 0,
-                   dynamic_ncols=True)
+        bar = tqdm(total=total, initial=self.step, desc="ldisc pretrain", dynamic_ncols=True,
+                   disable=not t.progress or self.rank != 0)
         if self.step < s1:
             self._train_steps(s1, bar)
         if self.step < total:
-            if self.step == s1 or getattr(self, "stage", 1) == 1:
-                init = self._stage1_state(t.init_from)
-                self._setup_stage(2, init)
+            if self.stage != 2:
+                self._setup_stage(2, self._stage1_state(t.init_from))
             self._train_steps(total, bar)
         bar.close()
-        self.metrics.write(self.run_dir / "metrics.prom")
-        self._plot()
+        self.metrics.write(self.run_dir / f"metrics.rank{self.rank}.prom")
+        if self.rank == 0:
+            plot_losses(self.losses, self.run_dir / "loss_curve.png")
+        time.sleep(float(self.cfg.metrics.get("linger_s", 0)))
+        self.metrics.close()
         enc = self.last_checkpoint / "encoder.pt" if self.last_checkpoint else None
         return PretrainResult(self.run_dir, enc, self.last_checkpoint, self.losses)
 
     def _stage1_state(self, init_from: str | None) -> dict:
+        """Stage-1 weights: the full model of checkpoint ``init_from``, or of this run's engine."""
         if init_from:
-            return torch.load(Path(init_from) / "state.pt", map_location="cpu", weights_only=False)["model"]
-        return {k: v.detach().cpu() for k, v in self.engine.module.state_dict().items()}
-
-    def _plot(self) -> None:
-        if not self.losses or self.rank != 0:
-            return
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for term in ("patch", "mix", "region", "entropy", "total"):
-            pts = [(r["step"], r[term]) for r in self.losses if term in r]
-            if pts:
-                ax.plot(*zip(*pts), label=term)
-        ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.set_yscale("log"), ax.legend()
-        ax.set_title("LD pretraining losses")
-        fig.tight_layout()
-        fig.savefig(self.run_dir / "loss_curve.png", dpi=90)
-        plt.close(fig)
+            path = Path(init_from)
+            if not (path / "model.pt").is_file():
+                raise FileNotFoundError(f"train.init_from={init_from}: no model.pt (not an ldisc checkpoint)")
+            return torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+        return self.engine.full_state_dict()

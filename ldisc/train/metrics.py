@@ -1,6 +1,7 @@
 """Prometheus metrics of a pretraining process (``ldisc_train_*``), labelled by rank."""
 from __future__ import annotations
 
+import os
 import resource
 from pathlib import Path
 
@@ -10,9 +11,10 @@ STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 
 
 class TrainMetrics:
-    """One registry per process; served on ``port`` (if > 0) and written to a textfile on demand."""
+    """One registry per process; served on ``port + local_rank`` (if port > 0) at ``addr``, and
+    written to a textfile on demand. Every series carries the global ``rank`` label."""
 
-    def __init__(self, rank: int = 0, port: int = 0):
+    def __init__(self, rank: int = 0, port: int = 0, local_rank: int | None = None, addr: str = "127.0.0.1"):
         self.registry = CollectorRegistry()
         r = self.registry
         labels = ["rank"]
@@ -32,8 +34,9 @@ class TrainMetrics:
         self.checkpoint_seconds = Histogram("ldisc_train_checkpoint_save_seconds", "Checkpoint save time",
                                             labels, buckets=STEP_BUCKETS, registry=r)
         self.max_rss = Gauge("ldisc_process_max_resident_memory_bytes", "Peak resident set size", labels, registry=r)
-        if port > 0:
-            start_http_server(port + rank, addr="127.0.0.1", registry=r)
+        self.rss = Gauge("ldisc_process_resident_memory_bytes", "Resident set size now", labels, registry=r)
+        self.port = port + (rank if local_rank is None else local_rank) if port > 0 else 0
+        self._server = start_http_server(self.port, addr=addr, registry=r) if self.port else None
 
     def observe_step(self, seconds: float, data_wait: float, images: int, terms: dict[str, float], stage: int) -> None:
         rk = self.rank
@@ -46,6 +49,28 @@ class TrainMetrics:
         for name, value in terms.items():
             self.loss.labels(rk, name).set(value)
         self.max_rss.labels(rk).set(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        self.rss.labels(rk).set(_current_rss())
+
+    def set_bank_fill(self, ratio: float) -> None:
+        self.bank_fill.labels(self.rank).set(ratio)
+
+    def observe_checkpoint(self, seconds: float) -> None:
+        self.checkpoint_seconds.labels(self.rank).observe(seconds)
 
     def write(self, path: str | Path) -> None:
         write_to_textfile(str(path), self.registry)
+
+    def close(self) -> None:
+        """Stop serving (the registry stays readable)."""
+        if isinstance(self._server, tuple):
+            self._server[0].shutdown()
+            self._server[0].server_close()
+        self._server = None
+
+
+def _current_rss() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -1,17 +1,29 @@
-"""Entry points: run a configured pretraining (CLI), or compose one from overrides (Python API)."""
+"""Entry points: run a configured pretraining (CLI, torchrun), or compose one from overrides (Python API)."""
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ldisc.config import compose
+from ldisc.train.env import broadcast_object, init_distributed, shutdown, single_process_env
 from ldisc.train.loop import PretrainResult, Trainer
 
 
 def run_pretraining(cfg: DictConfig) -> PretrainResult:
+    """Run ``cfg`` in this process: one rank of a torchrun job, or a whole job of one rank.
+
+    The env contract (RANK, WORLD_SIZE, …) comes from the launcher, or is set here for one process.
+    Every rank uses rank 0's ``run_dir`` (a ``${now:…}`` default may differ by a second between ranks).
+    """
     if int(cfg.get("threads", 0)) > 0:
         torch.set_num_threads(int(cfg.threads))
-    return Trainer(cfg).run()
+    with single_process_env():
+        info = init_distributed(str(cfg.engine.get("backend", "auto")))
+        try:
+            cfg = OmegaConf.merge(cfg, {"run_dir": broadcast_object(str(cfg.run_dir))})
+            return Trainer(cfg, info).run()
+        finally:
+            shutdown(info)
 
 
 def pretrain(overrides: list[str] | None = None) -> PretrainResult:

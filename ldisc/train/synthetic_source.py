@@ -1,26 +1,43 @@
-"""In-memory batches of LD views from procedurally generated images — the default data source.
+"""In-memory batches of LD views from a fixed pool of images — the default data source.
 
-A pool of ``pool`` images is generated once from ``seed``; the pairs of step t on rank r are drawn
-from a generator seeded by (seed, t, r), so a batch is a pure function of the step: the position is
-``{"step": t}`` and resuming is exact. The shard loader (``ldisc.data``) offers the same interface.
+The pool is generated once from ``seed`` (procedural fundus/X-ray images from :mod:`ldisc.synth`, or
+smooth random noise for benchmarks and tests); the pairs of step t on rank r are drawn from a
+generator seeded by (seed, t, r), so a batch is a pure function of the step: the position is
+``{"step": t}`` and resuming is exact. Each batch names its images (``batch["keys"]``) so a run can
+show that it neither repeats nor skips samples. The shard loader (``ldisc.data``) offers the same
+interface: ``next_batch()``, ``state_dict()``, ``load_state_dict()``.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ldisc.views import ViewConfig, make_views_batch, pil_to_tensor
 
 
-class SyntheticPairSource:
-    def __init__(self, modality: str, image_size: int, view_size: int, pool: int, batch_size: int,
-                 seed: int = 0, rank: int = 0, device: torch.device | str = "cpu"):
-        from ldisc import synth
+def synth_pool(modality: str, image_size: int, pool: int, seed: int) -> torch.Tensor:
+    from ldisc import synth
 
-        if pool < 2:
-            raise ValueError(f"data.pool must be ≥ 2 images, got {pool}")
-        samples = synth.generate_many(modality, pool, size=image_size, seed=seed)
-        self.images = torch.stack([pil_to_tensor(synth.to_pil(s)) for s in samples]).to(device)
+    samples = synth.generate_many(modality, pool, size=image_size, seed=seed)
+    return torch.stack([pil_to_tensor(synth.to_pil(s)) for s in samples])
+
+
+def noise_pool(image_size: int, pool: int, seed: int) -> torch.Tensor:
+    """Smooth RGB noise in [0, 1]: bilinear upsampling of an 8×8 random grid plus fine noise."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(pool, 3, 8, 8, generator=gen)
+    smooth = F.interpolate(coarse, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    fine = torch.rand(pool, 3, image_size, image_size, generator=gen)
+    return (0.8 * smooth + 0.2 * fine).clamp(0, 1)
+
+
+class PairSource:
+    def __init__(self, images: torch.Tensor, view_size: int, batch_size: int, seed: int = 0, rank: int = 0,
+                 device: torch.device | str = "cpu"):
+        if len(images) < 2:
+            raise ValueError(f"data.pool must be ≥ 2 images, got {len(images)}")
+        self.images = images.to(device)
         self.view_cfg = ViewConfig(size=view_size)
         self.batch_size, self.seed, self.rank = batch_size, seed, rank
         self.step = 0
@@ -29,13 +46,14 @@ class SyntheticPairSource:
         state = np.random.SeedSequence([self.seed, self.step, self.rank]).generate_state(2, np.uint64)
         return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
 
-    def next_batch(self) -> dict[str, torch.Tensor]:
+    def next_batch(self) -> dict:
         gen = self._generator()
         idx = torch.randperm(len(self.images), generator=gen)[: 2 * self.batch_size]
         if len(idx) < 2 * self.batch_size:   # small pool: sample with replacement
             idx = torch.randint(0, len(self.images), (2 * self.batch_size,), generator=gen)
-        idx = idx.to(self.images.device)
-        batch = make_views_batch(self.images[idx[0::2]], self.images[idx[1::2]], self.view_cfg, gen)
+        batch = make_views_batch(self.images[idx[0::2].to(self.images.device)],
+                                 self.images[idx[1::2].to(self.images.device)], self.view_cfg, gen)
+        batch["keys"] = [f"step{self.step}/rank{self.rank}/pool{int(i)}" for i in idx]
         self.step += 1
         return batch
 
@@ -44,3 +62,15 @@ class SyntheticPairSource:
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
+
+
+def synthetic_pairs(modality: str, image_size: int, view_size: int, pool: int, batch_size: int,
+                        seed: int = 0, rank: int = 0, device: torch.device | str = "cpu") -> PairSource:
+    """Pairs from procedurally generated images (``data.source=synthetic``)."""
+    return PairSource(synth_pool(modality, image_size, pool, seed), view_size, batch_size, seed, rank, device)
+
+
+def noise_pairs(image_size: int, view_size: int, pool: int, batch_size: int, seed: int = 0, rank: int = 0,
+                    device: torch.device | str = "cpu") -> PairSource:
+    """Pairs from smooth random noise (``data.source=noise``): no generator cost, for tests and benches."""
+    return PairSource(noise_pool(image_size, pool, seed), view_size, batch_size, seed, rank, device)

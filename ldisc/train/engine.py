@@ -1,0 +1,106 @@
+"""The DeepSpeed engine behind the trainer — the one seam between the loop and the accelerator.
+
+:class:`Engine` wraps ``deepspeed.initialize`` for an :class:`~ldisc.model.LDNet`:
+
+* ``engine(x)`` — forward on the accelerator (inputs cast to the engine's dtype and memory format,
+  outputs returned in float32 so the objectives always work in full precision);
+* ``engine.backward(loss)`` / ``engine.step()`` — DeepSpeed's (gradient averaging over ranks,
+  accumulation, clipping, ZeRO, the StepLR schedule of the generated config);
+* ``save(dir)`` / ``load(dir)`` — DeepSpeed's own per-rank checkpoint files under ``dir/ds``;
+* ``full_state_dict()`` — the whole model on every rank (gathered under ZeRO-3), for exports.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ldisc.model import LDOutput
+from ldisc.train.env import DistInfo, import_deepspeed
+from ldisc.train.sync_bn import convert_sync_batchnorm
+
+DS_TAG = "ds"
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "bf16-autocast": torch.float32}
+
+
+class Engine:
+    def __init__(self, module: nn.Module, engine_cfg, ds_config: dict, info: DistInfo):
+        deepspeed = import_deepspeed()
+        precision = str(engine_cfg.precision)
+        if precision == "fp16" and info.device.type == "cpu":
+            raise ValueError("engine.precision=fp16 needs an accelerator with fp16 support; use bf16 on CPU")
+        if engine_cfg.sync_batchnorm:
+            module = convert_sync_batchnorm(module, info.device)
+        self.channels_last = bool(engine_cfg.channels_last)
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=module, model_parameters=[p for p in module.parameters() if p.requires_grad], config=ds_config)
+        if engine_cfg.compile:
+            self.ds.compile()
+        self.info = info
+        self.device = info.device
+        self.dtype = _DTYPES[precision]
+        self.zero_stage = int(ds_config["zero_optimization"]["stage"])
+
+    # -- training ---------------------------------------------------------------------------------
+    @property
+    def module(self) -> nn.Module:
+        return self.ds.module
+
+    def __call__(self, x: torch.Tensor) -> LDOutput:
+        x = x.to(self.device, self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self.ds(x)
+        return LDOutput(out.embedding.float(), None if out.masks is None else out.masks.float())
+
+    def train(self) -> None:
+        self.ds.train()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.ds.backward(loss)
+
+    def step(self) -> None:
+        self.ds.step()
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when the next ``step()`` updates the weights (last micro-batch of accumulation)."""
+        return self.ds.is_gradient_accumulation_boundary()
+
+    @property
+    def lr(self) -> float:
+        return float(self.ds.get_lr()[0])
+
+    # -- state ------------------------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        """Collective: every rank writes its part (weights, optimizer partitions, scheduler)."""
+        self.ds.save_checkpoint(str(directory), tag=DS_TAG, save_latest=False)
+
+    def load(self, directory: Path) -> None:
+        """Collective: restore weights, optimizer and scheduler saved by :meth:`save`."""
+        path, _ = self.ds.load_checkpoint(str(directory), tag=DS_TAG, load_module_strict=True,
+                                          load_optimizer_states=True, load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}/{DS_TAG}")
+
+    def _gathered(self):
+        if self.zero_stage == 3:
+            import deepspeed
+            return deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None)
+        return contextlib.nullcontext()
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Collective under ZeRO-3: full float32 weights and buffers as CPU tensors, on every rank."""
+        with self._gathered():
+            return {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().clone()
+                    for k, v in self.module.state_dict().items()}
+
+    def destroy(self) -> None:
+        """Release the engine's hooks and buffers (before a new stage builds another engine)."""
+        if hasattr(self.ds, "destroy"):
+            self.ds.destroy()
+        self.ds = None

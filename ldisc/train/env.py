@@ -1,0 +1,119 @@
+"""The process environment of a training run: torchrun's env contract, DeepSpeed's, a clean exit.
+
+Every run — one process without a launcher, torchrun on one machine, torchrun agents on many nodes —
+sees the same variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT). Without a launcher
+:func:`single_process_env` supplies them for the duration of a run and restores what was there.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import socket
+import sys
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+ENV_CONTRACT = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def deepspeed_env_defaults() -> None:
+    """Defaults DeepSpeed reads at import: the CPU accelerator where no CUDA device is present,
+    no op builds at install/JIT time. Explicit settings win."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ.setdefault("DS_BUILD_OPS", "0")
+    warnings.filterwarnings("ignore", message=".*torch.jit.script_method.*", category=DeprecationWarning)
+
+
+def import_deepspeed():
+    """Import DeepSpeed with the defaults above and without the shared-memory comm op build (~20 s
+    on CPU; gloo needs none of it)."""
+    deepspeed_env_defaults()
+    import deepspeed
+
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    return deepspeed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def single_process_env():
+    """Set the env contract for one process (rank 0 of 1) where no launcher did; restore on exit."""
+    if all(k in os.environ for k in ("RANK", "WORLD_SIZE")):
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ENV_CONTRACT}
+    os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ["MASTER_PORT"] = os.environ.get("MASTER_PORT") or str(free_port())
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    owns_group: bool            # this run initialised torch.distributed and must tear it down
+
+
+def init_distributed(backend: str = "auto") -> DistInfo:
+    """Initialise torch.distributed through DeepSpeed (gloo on CPU, nccl on CUDA unless told)."""
+    deepspeed = import_deepspeed()
+    from deepspeed.accelerator import get_accelerator
+
+    acc = get_accelerator()
+    owns = not torch.distributed.is_initialized()
+    if owns:
+        deepspeed.init_distributed(dist_backend=None if backend == "auto" else backend,
+                                   auto_mpi_discovery=False, verbose=False)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if acc.device_name() != "cpu":
+        acc.set_device(local_rank)
+    device = torch.device(acc.current_device_name())
+    return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device, owns)
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s ``obj`` on every rank (identity without a process group)."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def shutdown(info: DistInfo) -> None:
+    """Barrier and tear down the process group if this run created it."""
+    if info.owns_group and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def hard_exit(code: int = 0) -> None:
+    """Exit without running interpreter teardown: a 2-process gloo job occasionally aborts in C++
+    destructors at exit after all work is done (see NOTES-cpu-stack). Call after :func:`shutdown`."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,32 @@
+"""Test-only fault injection, driven by environment variables (never set in normal runs).
+
+``LDISC_FAULT_KILL_AT_STEP=N`` (with ``LDISC_FAULT_KILL_RANK``, default 1) makes that rank SIGKILL
+itself when step N begins, before its forward pass — mid-epoch, between checkpoints.
+``LDISC_FAULT_KILL_IN_SAVE=N`` kills rank 0 inside the save of step N, after its files are written
+and before the checkpoint is marked complete. Either fires only on the first attempt of a torchrun
+job (``TORCHELASTIC_RESTART_COUNT`` absent or 0), so the restarted job runs through.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+
+def _first_attempt() -> bool:
+    return os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") in ("", "0")
+
+
+def _kill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_kill_at_step(step: int, rank: int) -> None:
+    at = os.environ.get("LDISC_FAULT_KILL_AT_STEP")
+    if at and int(at) == step and rank == int(os.environ.get("LDISC_FAULT_KILL_RANK", 1)) and _first_attempt():
+        _kill()
+
+
+def maybe_kill_in_save(step: int, rank: int) -> None:
+    at = os.environ.get("LDISC_FAULT_KILL_IN_SAVE")
+    if at and int(at) == step and rank == 0 and _first_attempt():
+        _kill()

@@ -1,0 +1,88 @@
+"""Shape prior for shape-guided segmentation: real shape masks and a discriminator with its own Adam.
+
+The generator side (``objective.w_adversarial · BCE(D(mask_0), real)``) is part of the LD objective
+and flows through the DeepSpeed engine. The discriminator is small and trains beside it with
+``torch.optim.Adam`` at ``train.lr × shape_prior.lr_scale`` (0.05 in the paper), halved on the same
+schedule; its gradients are averaged over ranks with one all-reduce per step.
+
+Real masks come from ``shape_prior.source``: a folder of PNG masks (any size; resized to the view
+size, thresholded at 0.5) or ``synthetic`` — vessel masks of procedurally generated fundus images
+(the "other modality" of the paper: OCTA/DSA vessel trees, here a stand-in).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from PIL import Image
+
+from ldisc.model import ShapeDiscriminator
+from ldisc.objectives.region import adversarial_discriminator_loss
+
+
+def _as_tensor(masks: list[np.ndarray], size: int) -> torch.Tensor:
+    t = torch.stack([torch.as_tensor(np.asarray(m, dtype=np.float32)) for m in masks])[:, None]
+    t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+    return (t > 0.5).float()
+
+
+def load_shape_masks(source: str, size: int, count: int, seed: int) -> torch.Tensor:
+    """(N, 1, size, size) binary masks from a PNG folder or ``synthetic`` vessel masks."""
+    if source == "synthetic":
+        from ldisc import synth
+
+        samples = synth.generate_many("fundus", count, size=size, seed=seed + 7919)
+        return _as_tensor([s.masks["vessel"] for s in samples], size)
+    folder = Path(source)
+    files = sorted(p for p in folder.glob("*.png")) if folder.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"shape_prior.source={source!r}: not 'synthetic' and no *.png masks there")
+    arrays = [np.asarray(Image.open(p).convert("L"), dtype=np.float32) / 255.0 for p in files]
+    return _as_tensor(arrays, size)
+
+
+class ShapePrior:
+    """Discriminator, its optimiser and schedule, and the pool of real masks."""
+
+    def __init__(self, cfg, lr: float, halve_every: int, view_size: int, device: torch.device):
+        sp = cfg.shape_prior
+        torch.manual_seed(int(cfg.seed) + 1009)
+        self.discriminator = ShapeDiscriminator(int(sp.width)).to(device)
+        self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr * float(sp.lr_scale))
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=halve_every, gamma=0.5)
+        self.real = load_shape_masks(str(sp.source), view_size, int(sp.pool), int(cfg.seed)).to(device)
+        self.seed = int(cfg.seed)
+
+    def _real_batch(self, n: int, step: int, rank: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step * 4099 + rank)
+        idx = torch.randint(0, len(self.real), (n,), generator=gen).to(self.real.device)
+        return self.real[idx]
+
+    def step(self, fake_masks: torch.Tensor, step: int, rank: int) -> float:
+        """One discriminator update on this rank's mask 0 (detached) vs. real masks → its loss."""
+        fake = fake_masks[:, :1].detach()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = adversarial_discriminator_loss(self.discriminator(self._real_batch(len(fake), step, rank)),
+                                              self.discriminator(fake))
+        loss.backward()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            world = dist.get_world_size()
+            for p in self.discriminator.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad.div_(world)
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    def state_dict(self) -> dict:
+        return {"discriminator": self.discriminator.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
