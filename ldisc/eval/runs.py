@@ -1,0 +1,172 @@
+"""One evaluation run: (checkpoint, task, protocol, seed) → a results row. The unit the fleet schedules.
+
+``execute_run`` is what a Ray task (or a serial loop) calls: it loads the task's data, builds the
+encoder (from the checkpoint, or randomly initialised for the ``random`` baseline), runs the
+protocol and returns the row plus a few prediction overlays. While it runs, a small JSON file
+``<results_dir>/running/<run_id>.json`` says which host and process carries it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from ldisc.eval.protocol import ProtocolConfig, run_protocol
+from ldisc.eval.taskdata import load_task_data
+from ldisc.eval.tasks import get_task
+from ldisc.model import VGGEncoder, load_encoder
+
+RANDOM = "random"
+ENCODER_FILES = ("encoder.pt", "encoder.safetensors")
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A resolved ``checkpoints=[…]`` entry."""
+
+    spec: str              # as the user gave it
+    label: str             # short readable name used in the report
+    path: str | None       # encoder file (None for random init)
+    digest: str            # content hash of the encoder file ("random" for random init)
+    step: int | None       # training step, when the path names one (…/step_0000100/…)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def resolve_checkpoint(entry: str) -> CheckpointRef:
+    """``random``, an encoder file (``.pt``/``.safetensors``), or a checkpoint dir holding ``encoder.pt``."""
+    entry = str(entry)
+    if entry == RANDOM:
+        return CheckpointRef(RANDOM, RANDOM, None, RANDOM, None)
+    path = Path(entry).expanduser().resolve()
+    if path.is_dir():
+        found = [path / n for n in ENCODER_FILES if (path / n).is_file()]
+        if not found:
+            raise FileNotFoundError(f"checkpoint dir {path} holds no {' or '.join(ENCODER_FILES)} (not saved yet?)")
+        path = found[0]
+    elif not path.is_file():
+        raise FileNotFoundError(f"checkpoint {entry!r} is neither 'random', an encoder file nor a checkpoint dir")
+    steps = [int(m.group(1)) for part in path.parts if (m := re.fullmatch(r"step_(\d+)", part))]
+    parent = path.parent
+    if steps:  # <run_dir>/checkpoints/step_N/encoder.pt → "<run_dir name>/step_N"
+        run_dir = parent.parent.parent if parent.parent.name == "checkpoints" else parent.parent
+        label = f"{run_dir.name}/step_{steps[-1]}"
+    else:
+        label = f"{parent.name}/{path.stem}" if path.stem in ("encoder",) else path.stem
+    return CheckpointRef(entry, label, str(path), _file_digest(path), steps[-1] if steps else None)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a run needs; ``run_id`` is a hash of what determines its result."""
+
+    checkpoint: CheckpointRef
+    task: str
+    protocol: str
+    seed: int
+    protocol_cfg: dict
+    data: dict = field(default_factory=dict)      # size, val_fraction, max_test, roots, random_width
+    results_dir: str | None = None
+    threads: int = 1
+
+    @property
+    def run_id(self) -> str:
+        settings = {k: v for k, v in self.protocol_cfg.items() if k not in ("device", "overlays")}
+        data = {k: v for k, v in self.data.items() if k != "roots"}
+        if self.checkpoint.path is not None:
+            data.pop("random_width", None)
+        key = json.dumps([self.checkpoint.digest, self.task, self.protocol, self.seed, settings, data], sort_keys=True)
+        return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def versions() -> dict[str, str]:
+    import ldisc
+    out = {"python": platform.python_version(), "torch": torch.__version__,
+           "ldisc": getattr(ldisc, "__version__", None) or _dist_version("ldisc")}
+    if "ray" in sys.modules:
+        out["ray"] = sys.modules["ray"].__version__
+    return out
+
+
+def _dist_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _build_encoder(spec: RunSpec) -> VGGEncoder:
+    if spec.checkpoint.path is None:
+        torch.manual_seed(spec.seed)
+        return VGGEncoder(spec.data.get("random_width", "tiny"))
+    return load_encoder(spec.checkpoint.path)
+
+
+def _mark_running(spec: RunSpec) -> Path | None:
+    if not spec.results_dir:
+        return None
+    try:
+        path = Path(spec.results_dir) / "running" / f"{spec.run_id}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"run_id": spec.run_id, "pid": os.getpid(), "host": socket.gethostname(),
+                                    "task": spec.task, "started_at": _now()}))
+        return path
+    except OSError:  # a worker on another machine may not see the driver's results dir
+        return None
+
+
+def base_row(spec: RunSpec) -> dict:
+    """The identifying columns of a run's row."""
+    task = get_task(spec.task)
+    ck = spec.checkpoint
+    return {"run_id": spec.run_id, "checkpoint": ck.label, "checkpoint_spec": ck.spec, "checkpoint_digest": ck.digest,
+            "checkpoint_step": ck.step, "task": task.name, "task_base": task.base_name, "n_labelled": task.n_train,
+            "modality": task.modality, "structure": task.structure, "protocol": spec.protocol, "seed": spec.seed}
+
+
+def execute_run(spec: RunSpec) -> tuple[dict, list[dict]]:
+    """Run one evaluation; returns (row, overlays). Raises on failure (the fleet records and retries)."""
+    torch.set_num_threads(max(1, int(spec.threads)))
+    marker = _mark_running(spec)
+    started, t0 = _now(), time.perf_counter()
+    try:
+        data = load_task_data(get_task(spec.task), spec.data.get("roots") or {}, spec.data.get("size"),
+                              spec.data.get("val_fraction", 0.2), spec.data.get("max_test"))
+        cfg = ProtocolConfig(**spec.protocol_cfg)
+        result = run_protocol(_build_encoder(spec), data, spec.protocol, cfg, spec.seed)
+    finally:
+        if marker is not None:
+            marker.unlink(missing_ok=True)
+    row = base_row(spec) | {
+        "status": "ok", "dice_mean": float(torch.tensor(result.dice).mean()), "dice_per_image": result.dice,
+        "iou_mean": float(torch.tensor(result.iou).mean()), "iou_per_image": result.iou,
+        "val_dice": result.val_dice, "best_epoch": result.best_epoch, "epochs_frozen": result.epochs_frozen,
+        "epochs_finetune": result.epochs_finetune, "n_train": len(data.train), "n_val": len(data.val),
+        "n_test": len(data.test), "n_skipped": len(data.skipped), "test_names": data.test.names,
+        "input_size": data.size, "batch_size": cfg.batch_size, "wall_s": time.perf_counter() - t0,
+        "train_s": result.train_seconds, "host": socket.gethostname(), "pid": os.getpid(),
+        "device": str(torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")),
+        "versions": json.dumps(versions(), sort_keys=True), "started_at": started, "finished_at": _now(),
+        "history": json.dumps(result.history), "error": None}
+    return row, result.overlays

@@ -1,0 +1,47 @@
+"""Segmentation scores: Dice and IoU of thresholded predictions, radial error for landmarks.
+
+Conventions: a prediction is a probability map in [0, 1] thresholded at ``threshold`` (0.5, the
+paper's); an image whose ground truth and prediction are both empty scores 1.0 (nothing to find,
+nothing found), one with an empty truth and a non-empty prediction scores 0.0.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _binarise(pred: torch.Tensor, threshold: float) -> torch.Tensor:
+    return (pred >= threshold).flatten(1).float()
+
+
+def dice_per_image(prob: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Dice of each image of a batch. ``prob``: (B, 1, H, W) or (B, H, W) in [0, 1]; ``target`` binary."""
+    p = _binarise(prob, threshold)
+    t = (target.flatten(1) > 0.5).float()
+    inter = (p * t).sum(1)
+    total = p.sum(1) + t.sum(1)
+    return torch.where(total > 0, 2 * inter / total.clamp_min(1e-12), torch.ones_like(total))
+
+
+def iou_per_image(prob: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Intersection over union of each image of a batch; same conventions as :func:`dice_per_image`."""
+    p = _binarise(prob, threshold)
+    t = (target.flatten(1) > 0.5).float()
+    inter = (p * t).sum(1)
+    union = p.sum(1) + t.sum(1) - inter
+    return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.ones_like(union))
+
+
+def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """The training loss: 1 − soft Dice per image (smoothed by ``eps``), averaged over the batch."""
+    p, t = prob.flatten(1), target.flatten(1)
+    dice = (2 * (p * t).sum(1) + eps) / (p.sum(1) + t.sum(1) + eps)
+    return 1 - dice.mean()
+
+
+def radial_error(pred_xy: np.ndarray, true_xy: np.ndarray, pixel_spacing: float = 1.0) -> np.ndarray:
+    """Euclidean distance between predicted and true landmarks, (N, 2) each, in ``pixel_spacing`` units."""
+    pred_xy, true_xy = np.asarray(pred_xy, dtype=float), np.asarray(true_xy, dtype=float)
+    if pred_xy.shape != true_xy.shape or pred_xy.shape[-1] != 2:
+        raise ValueError(f"landmarks must be matching (N, 2) arrays, got {pred_xy.shape} and {true_xy.shape}")
+    return np.linalg.norm(pred_xy - true_xy, axis=-1) * pixel_spacing

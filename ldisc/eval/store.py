@@ -1,0 +1,100 @@
+"""Results store: one Parquet file per finished run, plus a compacted table, all written by the driver.
+
+Layout of ``results_dir``::
+
+    runs/<run_id>.parquet   one row, written atomically (temp file + rename) when the run ends
+    results.parquet         every run's latest row, rewritten after each finished run
+    overlays/<run_id>/…     prediction overlays (see ``overlays``)
+    running/<run_id>.json   written by the worker while a run is in flight
+    metrics.prom            Prometheus text file (see ``monitor``)
+
+A crash of the driver or of a worker loses nothing that had finished: the per-run files are the
+source of truth and the table can always be rebuilt from them (``compact``).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("checkpoint", pa.string()), ("checkpoint_spec", pa.string()),
+    ("checkpoint_digest", pa.string()), ("checkpoint_step", pa.int64()), ("task", pa.string()),
+    ("task_base", pa.string()), ("n_labelled", pa.int64()), ("modality", pa.string()), ("structure", pa.string()),
+    ("protocol", pa.string()), ("seed", pa.int64()), ("status", pa.string()), ("attempt", pa.int64()),
+    ("dice_mean", pa.float64()), ("dice_per_image", pa.list_(pa.float64())), ("iou_mean", pa.float64()),
+    ("iou_per_image", pa.list_(pa.float64())), ("val_dice", pa.float64()), ("best_epoch", pa.int64()),
+    ("epochs_frozen", pa.int64()), ("epochs_finetune", pa.int64()), ("n_train", pa.int64()), ("n_val", pa.int64()),
+    ("n_test", pa.int64()), ("n_skipped", pa.int64()), ("test_names", pa.list_(pa.string())),
+    ("input_size", pa.int64()), ("batch_size", pa.int64()), ("wall_s", pa.float64()), ("train_s", pa.float64()),
+    ("host", pa.string()), ("pid", pa.int64()), ("device", pa.string()), ("versions", pa.string()),
+    ("started_at", pa.string()), ("finished_at", pa.string()), ("history", pa.string()), ("error", pa.string()),
+])
+RESULTS_FILE = "results.parquet"
+
+
+def _atomic_write(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class ResultsStore:
+    """Rows of finished runs (status ``ok`` or ``failed``) under ``results_dir``."""
+
+    def __init__(self, results_dir: str | Path):
+        self.dir = Path(results_dir).expanduser()
+        self.runs_dir = self.dir / "runs"
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.table_path = self.dir / RESULTS_FILE
+
+    def write(self, row: dict, compact: bool = True) -> None:
+        """Persist one run's row (replacing an earlier row of the same run), then refresh the table."""
+        unknown = set(row) - set(SCHEMA.names)
+        if unknown:
+            raise ValueError(f"row has columns outside the results schema: {sorted(unknown)}")
+        full = {name: row.get(name) for name in SCHEMA.names}
+        _atomic_write(pa.Table.from_pylist([full], schema=SCHEMA), self.runs_dir / f"{row['run_id']}.parquet")
+        if compact:
+            self.compact()
+
+    def _run_files(self) -> list[Path]:
+        return sorted(self.runs_dir.glob("*.parquet"))
+
+    def table(self) -> pa.Table:
+        """Every run's row (read from the per-run files)."""
+        files = self._run_files()
+        if not files:
+            return SCHEMA.empty_table()
+        return pa.concat_tables([pq.read_table(f, schema=SCHEMA) for f in files])
+
+    def compact(self) -> pa.Table:
+        """Rewrite ``results.parquet`` from the per-run files; returns the table."""
+        table = self.table()
+        _atomic_write(table, self.table_path)
+        return table
+
+    def rows(self, status: str | None = None) -> list[dict]:
+        rows = self.table().to_pylist()
+        return [r for r in rows if status is None or r["status"] == status]
+
+    def done_ids(self) -> set[str]:
+        """Runs that finished successfully: a rerun skips them."""
+        return {r["run_id"] for r in self.rows("ok")}
+
+    def failed_attempts(self, run_id: str) -> int:
+        """How many attempts an earlier invocation spent on a run that ended failed (0 if none)."""
+        path = self.runs_dir / f"{run_id}.parquet"
+        if not path.is_file():
+            return 0
+        row = pq.read_table(path, schema=SCHEMA).to_pylist()[0]
+        return int(row["attempt"] or 0) if row["status"] == "failed" else 0

@@ -1,0 +1,126 @@
+"""Task registry: the paper's 12 downstream segmentation tasks and their synthetic twins.
+
+A task is a name, a modality, the structure to segment, the dataset adapter that reads it, the
+config key of the dataset's root folder, a default input size and the metric. Its train/test split
+comes from the adapter (the dataset's published split where there is one, a fixed documented one
+otherwise); 20% of the training images become the validation split (see ``taskdata``).
+
+Names: ``idrid_disc`` (a real dataset), ``synth_idrid_disc`` (its synthetic twin), and a few-label
+regime by suffix: ``synth_rite_vessel@8`` keeps 8 labelled training images (train + validation).
+Task sets expand to several tasks: ``paper``, ``synthetic``, ``fundus``, ``xray``, ``synthetic_fundus``,
+``synthetic_xray``; a suffix applies to every member (``synthetic@32``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class Task:
+    """One downstream segmentation task."""
+
+    name: str
+    modality: str              # "fundus" or "xray"
+    structure: str             # what is segmented: vessel, disc, cup, exudate, lung, heart, clavicle, pneumothorax
+    dataset: str               # human-readable dataset name
+    adapter: str               # key of the adapter that reads it (see taskdata.ADAPTERS)
+    root_key: str | None       # key under data.roots in the config (None: needs no files)
+    input_size: int            # side of the square network input, pixels
+    metric: str = "dice"
+    n_train: int | None = None  # few-label regime: labelled training images kept (None: all)
+    twin_of: str | None = None  # for a synthetic twin, the real task it mirrors
+    n_train_full: int = 0       # size of the full training split (for twins: images generated)
+    n_test: int = 0             # size of the test split (for twins: images generated)
+
+    @property
+    def base_name(self) -> str:
+        return self.name.split("@")[0]
+
+    def with_labels(self, n_train: int | None) -> "Task":
+        """The same task restricted to ``n_train`` labelled training images (None: all)."""
+        if n_train is None:
+            return replace(self, name=self.base_name, n_train=None)
+        if n_train < 2:
+            raise ValueError(f"{self.base_name}: a few-label regime needs at least 2 images (train + val), got {n_train}")
+        return replace(self, name=f"{self.base_name}@{n_train}", n_train=n_train)
+
+
+# name, modality, structure, dataset, adapter, root key, input size, n_train, n_test
+_PAPER = [
+    ("idrid_disc", "fundus", "disc", "IDRiD (A. Segmentation, optic disc)", "idrid", "idrid", 512, 54, 27),
+    ("rite_vessel", "fundus", "vessel", "RITE / DRIVE", "rite", "rite", 512, 20, 20),
+    ("stare_vessel", "fundus", "vessel", "STARE", "stare", "stare", 512, 10, 10),
+    ("chase_vessel", "fundus", "vessel", "CHASE-DB1", "chase", "chase", 512, 20, 8),
+    ("hrf_vessel", "fundus", "vessel", "HRF", "hrf", "hrf", 512, 15, 30),
+    ("drishti_disc", "fundus", "disc", "Drishti-GS1 (optic disc)", "drishti", "drishti", 512, 50, 51),
+    ("drishti_cup", "fundus", "cup", "Drishti-GS1 (optic cup)", "drishti", "drishti", 512, 50, 51),
+    ("idrid_exudate", "fundus", "exudate", "IDRiD (A. Segmentation, hard exudates)", "idrid", "idrid", 512, 54, 27),
+    ("siim_pneumothorax", "xray", "pneumothorax", "SIIM-ACR Pneumothorax", "siim", "siim", 512, 200, 100),
+    ("jsrt_lung", "xray", "lung", "JSRT images + SCR masks (lungs)", "jsrt_scr", "jsrt", 512, 124, 123),
+    ("jsrt_heart", "xray", "heart", "JSRT images + SCR masks (heart)", "jsrt_scr", "jsrt", 512, 124, 123),
+    ("jsrt_clavicle", "xray", "clavicle", "JSRT images + SCR masks (clavicles)", "jsrt_scr", "jsrt", 512, 124, 123),
+]
+TWIN_INPUT_SIZE = 64
+
+PAPER_TASKS: tuple[str, ...] = tuple(row[0] for row in _PAPER)
+TWIN_TASKS: tuple[str, ...] = tuple(f"synth_{name}" for name in PAPER_TASKS)
+
+REGISTRY: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    """Add a task to the registry (names are unique)."""
+    if task.name in REGISTRY:
+        raise ValueError(f"task {task.name!r} is already registered")
+    if "@" in task.name:
+        raise ValueError(f"task names may not contain '@' (reserved for the few-label suffix): {task.name!r}")
+    REGISTRY[task.name] = task
+    return task
+
+
+for _name, _mod, _struct, _ds, _adapter, _root, _size, _ntr, _nte in _PAPER:
+    register(Task(_name, _mod, _struct, _ds, _adapter, _root, _size, n_train_full=_ntr, n_test=_nte))
+    # twins mirror the real split sizes, capped so that a twin stays cheap to generate
+    register(Task(f"synth_{_name}", _mod, _struct, f"synthetic twin of {_ds}", "synthetic", None, TWIN_INPUT_SIZE,
+                  twin_of=_name, n_train_full=min(_ntr, 64), n_test=min(_nte, 32)))
+
+TASK_SETS: dict[str, tuple[str, ...]] = {
+    "paper": PAPER_TASKS,
+    "synthetic": TWIN_TASKS,
+    "fundus": tuple(n for n in PAPER_TASKS if REGISTRY[n].modality == "fundus"),
+    "xray": tuple(n for n in PAPER_TASKS if REGISTRY[n].modality == "xray"),
+    "synthetic_fundus": tuple(n for n in TWIN_TASKS if REGISTRY[n].modality == "fundus"),
+    "synthetic_xray": tuple(n for n in TWIN_TASKS if REGISTRY[n].modality == "xray"),
+}
+
+
+def _split_suffix(name: str) -> tuple[str, int | None]:
+    base, sep, n = str(name).partition("@")
+    if not sep:
+        return base, None
+    if not n.isdigit():
+        raise ValueError(f"bad few-label suffix in {name!r}: expected NAME@<number of labelled images>")
+    return base, int(n)
+
+
+def get_task(name: str) -> Task:
+    """Look a task up by name, with an optional ``@N`` few-label suffix."""
+    base, n = _split_suffix(name)
+    if base not in REGISTRY:
+        raise KeyError(f"unknown task {base!r}; known tasks: {', '.join(sorted(REGISTRY))}; "
+                       f"task sets: {', '.join(sorted(TASK_SETS))}")
+    return REGISTRY[base].with_labels(n) if n is not None else REGISTRY[base]
+
+
+def expand_tasks(names) -> list[Task]:
+    """Task names and task-set names (each with an optional ``@N``) → tasks, without duplicates."""
+    out: dict[str, Task] = {}
+    for entry in names:
+        base, n = _split_suffix(entry)
+        members = TASK_SETS.get(base, (base,))
+        for member in members:
+            task = get_task(member if n is None else f"{member}@{n}")
+            out.setdefault(task.name, task)
+    if not out:
+        raise ValueError("no tasks selected")
+    return list(out.values())

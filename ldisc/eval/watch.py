@@ -1,0 +1,69 @@
+"""Follow a pretraining run: evaluate each new checkpoint as it appears (``ldisc-eval --watch DIR``).
+
+The trainer renames ``<run_dir>/checkpoints/step_<N>/`` into place only when the save is complete,
+so a ``step_*`` directory holding ``encoder.pt`` is ready. Because the trainer prunes old
+checkpoints, each new encoder is first copied to ``<out_dir>/snapshots/<run name>/step_<N>/`` and
+evaluated from there.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from ldisc.eval.runs import CheckpointRef, resolve_checkpoint
+
+log = logging.getLogger(__name__)
+STEP_DIR = re.compile(r"step_(\d+)")
+
+
+def find_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoint dirs (``step_N`` holding ``encoder.pt``) of a run dir or its ``checkpoints/``, by step."""
+    root = Path(root)
+    base = root / "checkpoints" if (root / "checkpoints").is_dir() else root
+    if not base.is_dir():
+        return []
+    found = [p for p in base.iterdir() if STEP_DIR.fullmatch(p.name) and (p / "encoder.pt").is_file()]
+    return sorted(found, key=lambda p: int(STEP_DIR.fullmatch(p.name).group(1)))
+
+
+def snapshot(checkpoint_dir: Path, snapshot_root: Path) -> CheckpointRef:
+    """Copy a checkpoint's encoder out of reach of pruning and resolve the copy."""
+    run_dir = checkpoint_dir.parent.parent if checkpoint_dir.parent.name == "checkpoints" else checkpoint_dir.parent
+    target = snapshot_root / run_dir.name / checkpoint_dir.name / "encoder.pt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    shutil.copyfile(checkpoint_dir / "encoder.pt", tmp)
+    tmp.replace(target)
+    return replace(resolve_checkpoint(str(target)), spec=str(checkpoint_dir))
+
+
+def watch_checkpoints(root: str | Path, snapshot_root: str | Path, evaluate: Callable[[list[CheckpointRef]], None],
+                      interval_s: float = 30.0, idle_timeout_s: float | None = None,
+                      sleep: Callable[[float], None] = time.sleep) -> int:
+    """Poll ``root`` every ``interval_s``; call ``evaluate`` with the new checkpoints; return how many were seen.
+
+    Stops once ``idle_timeout_s`` pass without a new checkpoint (never, if None).
+    """
+    seen: set[str] = set()
+    last_new = time.monotonic()
+    while True:
+        refs = []
+        for ckpt in find_checkpoints(root):
+            if ckpt.name in seen:
+                continue
+            try:
+                refs.append(snapshot(ckpt, Path(snapshot_root)))
+            except FileNotFoundError:  # pruned between listing and copying
+                log.warning("checkpoint %s vanished before it could be copied; skipped", ckpt)
+            seen.add(ckpt.name)
+        if refs:
+            evaluate(refs)
+            last_new = time.monotonic()
+        elif idle_timeout_s is not None and time.monotonic() - last_new >= idle_timeout_s:
+            return len(seen)
+        sleep(interval_s)
