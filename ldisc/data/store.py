@@ -185,8 +185,10 @@ class S3Store:
         return self.client.head_object(Bucket=self.bucket, Key=self._k(key))["ContentLength"]
 
     def list(self, prefix: str = "") -> list[str]:
-        full = self._k(prefix) if prefix else (self.prefix + "/" if self.prefix else "")
-        strip = len(self.prefix) + 1 if self.prefix else 0
+        if ".." in prefix.split("/") or prefix.startswith("/"):
+            raise StoreError(f"invalid prefix {prefix!r}")
+        base = self.prefix + "/" if self.prefix else ""
+        full, strip = base + prefix, len(base)
         out = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
             out.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
