@@ -105,8 +105,11 @@ def broadcast_object(obj, src: int = 0):
 
 
 def shutdown(info: DistInfo) -> None:
-    """Barrier and tear down the process group if this run created it."""
-    if info.owns_group and torch.distributed.is_initialized():
+    """Barrier and tear down the process group of a multi-process job this run created.
+
+    A one-process group stays: DeepSpeed caches its groups module-wide and cannot initialise again
+    in the same process after a destroy, so later runs of the Python API reuse it."""
+    if info.owns_group and info.world_size > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 

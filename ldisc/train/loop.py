@@ -9,6 +9,7 @@ each checkpoint (see :meth:`Trainer.save`).
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +152,9 @@ class Trainer:
         self.step = int(state["step"])
         if self.rank == 0:
             self.log.truncate(self.step)
+            JsonlLog(self.run_dir / "resumes.jsonl").append(
+                {"step": self.step, "checkpoint": str(path), "world_size": self.info.world_size,
+                 "restart_count": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0) or 0), "time": time.time()})
         self.samples_log.truncate(self.step)
         barrier()
         self.losses = self.log.read() if self.rank == 0 else []
@@ -193,10 +197,10 @@ class Trainer:
             faults.maybe_kill_at_step(self.step + 1, self.rank)
             t0 = time.perf_counter()
             terms_sum, keys, images, wait = {}, [], 0, 0.0
+            lr = self.engine.lr            # the rate this step's update uses
             for _ in range(micro):
                 n, w = self._micro_step(terms_sum, keys)
                 images, wait = images + n, wait + w
-            lr = self.engine.lr
             self.step += 1
             seconds = time.perf_counter() - t0
             local = {k: float(v) / micro for k, v in terms_sum.items()}
