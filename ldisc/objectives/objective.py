@@ -19,7 +19,7 @@ from torch import nn
 
 from ldisc.dist import Collective
 from ldisc.objectives.nce import DEFAULT_CHUNK, ExtraNegatives, instance_nce
-from ldisc.objectives.patches import grid_vectors, patch_grid, undo_dihedral_grid
+from ldisc.objectives.patches import align_second_views, grid_vectors, patch_grid, patch_vectors
 from ldisc.objectives.region import (adversarial_generator_loss, cluster_centres, entropy_loss,
                                      region_features, region_loss)
 from ldisc.views import VIEW_KEYS
@@ -78,17 +78,22 @@ class LDObjective(nn.Module):
         self.collective = collective or Collective()
         self.register_buffer("prototypes", torch.empty(0), persistent=True)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """The prototypes start empty and take their (K, D) shape from the first step or a checkpoint."""
+        saved = state_dict.get(prefix + "prototypes")
+        if saved is not None and saved.shape != self.prototypes.shape:
+            self.prototypes = torch.empty(saved.shape, dtype=saved.dtype, device=self.prototypes.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor],
                 bank: ExtraNegatives | None = None, discriminator: nn.Module | None = None) -> StepLosses:
         cfg = self.cfg
         b = batch["x1_1"].shape[0]
         out = model(torch.cat([batch[k] for k in VIEW_KEYS]))
-        grids = patch_grid(out.embedding, cfg.grid).split(b)
-        g11, g12, g21, g22, gmix = grids
-        g12 = undo_dihedral_grid(g12, batch["flip1"], batch["rot1"])
-        g22 = undo_dihedral_grid(g22, batch["flip2"], batch["rot2"])
+        grids = align_second_views(dict(zip(VIEW_KEYS, patch_grid(out.embedding, cfg.grid).split(b))), batch)
+        g11, g21, gmix = grids["x1_1"], grids["x2_1"], grids["mix"]
 
-        patch_local = torch.cat([grid_vectors(g) for g in (g11, g21, g12, g22)])
+        patch_local = patch_vectors(grids)
         terms = {"patch": _nce_over_ranks(patch_local, self.collective, cfg, bank)}
 
         w = batch["mix_w"].to(g11).view(-1, 1, 1, 1)

@@ -40,3 +40,19 @@ def grid_vectors(grids: torch.Tensor) -> torch.Tensor:
     """(B, D, G, G) → (B·G·G, D), sample-major then row-major cells."""
     b, d, g, _ = grids.shape
     return grids.permute(0, 2, 3, 1).reshape(b * g * g, d)
+
+
+# the L_pd vectors: first views of both images, then their second views (positive = row + N/2)
+PATCH_ORDER = ("x1_1", "x2_1", "x1_2", "x2_2")
+_UNDO = {"x1_2": ("flip1", "rot1"), "x2_2": ("flip2", "rot2")}
+
+
+def align_second_views(grids: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Grids by view name with the second views' flip/rot90 undone (cell (i, j) ↔ cell (i, j))."""
+    return {k: undo_dihedral_grid(g, batch[_UNDO[k][0]], batch[_UNDO[k][1]]) if k in _UNDO else g
+            for k, g in grids.items()}
+
+
+def patch_vectors(aligned: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(4·B·G², D) L_pd vectors of aligned grids, in :data:`PATCH_ORDER`."""
+    return torch.cat([grid_vectors(aligned[k]) for k in PATCH_ORDER])

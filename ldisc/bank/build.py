@@ -1,0 +1,57 @@
+"""The bank of a run from the ``bank`` config group, and the one call that feeds it after a step.
+
+    bank = build_bank(cfg.bank, collective, dim=cfg.model.embed_dim, device=device)
+    keys = build_key_encoder(cfg.bank, model, grid=cfg.objective.grid)      # None: online vectors
+    ...
+    losses = objective(model, batch, bank=bank.negatives())
+    engine.step(losses.total)
+    feed_bank(bank, losses.patch_vectors, batch, keys, model)
+
+``size: 0`` builds a bank of capacity 0: ``negatives()`` is always None (the paper) and feeding it
+costs nothing, so the trainer needs no special case.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ldisc.bank.ema import EMAKeyEncoder
+from ldisc.bank.memory_bank import ShardedMemoryBank
+from ldisc.dist import Collective
+from ldisc.objectives.nce import DEFAULT_CHUNK
+
+
+def _get(cfg, key: str, default):
+    value = cfg.get(key, default) if cfg is not None else default
+    return default if value is None else value
+
+
+def build_bank(cfg, collective: Collective, dim: int, device: torch.device | str = "cpu") -> ShardedMemoryBank:
+    """``cfg``: the ``bank`` group (size, chunk); capacity ``size`` over ``collective``'s ranks."""
+    return ShardedMemoryBank(int(_get(cfg, "size", 0)), dim, collective, device,
+                             int(_get(cfg, "chunk", DEFAULT_CHUNK)))
+
+
+def build_key_encoder(cfg, model: nn.Module, grid: int = 8) -> EMAKeyEncoder | None:
+    """An EMA key encoder when the bank is on and ``ema_momentum`` > 0, else None."""
+    momentum = float(_get(cfg, "ema_momentum", 0.0))
+    if int(_get(cfg, "size", 0)) == 0 or momentum == 0.0:
+        return None
+    return EMAKeyEncoder(model, momentum, grid)
+
+
+def feed_bank(bank: ShardedMemoryBank, patch_vectors: torch.Tensor, batch: dict[str, torch.Tensor],
+              key_encoder: EMAKeyEncoder | None = None, model: nn.Module | None = None) -> None:
+    """After the optimiser step: update the key encoder (if any) and enqueue this step's keys.
+
+    Call on every rank. Without a key encoder the step's online vectors (``StepLosses.patch_vectors``)
+    are enqueued; with one, its EMA is first moved towards ``model`` and it encodes ``batch``.
+    """
+    if bank.capacity == 0:
+        return
+    if key_encoder is None:
+        bank.enqueue(patch_vectors)
+        return
+    if model is not None:
+        key_encoder.update(model)
+    bank.enqueue(key_encoder.encode_patches(batch))
