@@ -1,0 +1,136 @@
+"""The evaluation fleet on a real local Ray with 2 CPUs, driven through the real ``ldisc-eval`` command."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from ldisc.eval.monitor import FleetMonitor
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL = [sys.executable, "-m", "ldisc.eval.cli"]
+COMMON = ["protocol=smoke", "protocol.epochs_frozen=4", "data.max_test=6", "ray.num_cpus=2", "fleet.progress=false",
+          "protocols=[frozen,finetune]", "seeds=[0]", "checkpoints=[random]"]
+
+
+def _env() -> dict:
+    return os.environ | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+
+
+def _metrics(out: Path) -> dict[str, float]:
+    text = (out / "metrics.prom").read_text()
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r'^ldisc_eval_runs_total\{status="(\w+)"\} (\S+)$',
+                                                                  text, re.M)}
+
+
+def _rows(out: Path) -> list[dict]:
+    return pq.read_table(out / "results.parquet").to_pylist()
+
+
+def test_fleet_survives_a_killed_worker_and_reruns_nothing(tmp_path):
+    out = tmp_path / "eval"
+    tasks = "tasks=[synth_idrid_disc@8,synth_jsrt_lung@8,synth_rite_vessel@8]"
+    cmd = EVAL + COMMON + [tasks, f"out_dir={out}"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed_run, deadline = None, time.monotonic() + 120
+    while killed_run is None and time.monotonic() < deadline and proc.poll() is None:
+        for marker in sorted((out / "running").glob("*.json")) if (out / "running").is_dir() else []:
+            try:
+                info = json.loads(marker.read_text())
+            except (OSError, ValueError):
+                continue  # being written or just removed
+            os.kill(info["pid"], signal.SIGKILL)
+            killed_run = info["run_id"]
+            break
+        time.sleep(0.05)
+    stdout, _ = proc.communicate(timeout=300)
+    wall = time.perf_counter() - t0
+    assert killed_run is not None, "no run was seen in flight"
+    assert proc.returncode == 0, stdout
+
+    rows = _rows(out)
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"ok"}
+    assert {(r["task"], r["protocol"]) for r in rows} == {(t, p) for t in ("synth_idrid_disc@8", "synth_jsrt_lung@8",
+                                                                          "synth_rite_vessel@8")
+                                                         for p in ("frozen", "finetune")}
+    attempts = {r["run_id"]: r["attempt"] for r in rows}
+    assert attempts.pop(killed_run) == 2, "the killed run is retried once"
+    assert set(attempts.values()) == {1}, "the other runs are kept from their first attempt"
+    for r in rows:
+        assert len(r["dice_per_image"]) == r["n_test"] == 6 and 0 <= r["dice_mean"] <= 1
+        assert r["n_train"] + r["n_val"] == 8 and r["epochs_frozen"] == 4
+        assert r["epochs_finetune"] == (1 if r["protocol"] == "finetune" else 0)
+        assert r["wall_s"] > 0 and r["host"] and json.loads(r["versions"])["ray"]
+        assert len(list((out / "overlays" / r["run_id"]).glob("*.png"))) == 2
+    assert _metrics(out) == {"done": 6.0, "failed": 0.0, "retried": 1.0, "skipped": 0.0}
+    assert "ldisc_eval_run_seconds_count 6.0" in (out / "metrics.prom").read_text()
+    assert "6 runs planned, 0 already done, 6 done, 0 failed, 1 retried" in stdout
+    assert (out / "report" / "report.md").is_file() and (out / "report" / "dice.png").is_file()
+    print(f"\nfleet of 6 runs with one killed worker: {wall:.1f} s")
+
+    before = {r["run_id"]: r["finished_at"] for r in rows}
+    again = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "6 runs planned, 6 already done, 0 done, 0 failed" in again.stdout
+    assert {r["run_id"]: r["finished_at"] for r in _rows(out)} == before, "nothing was recomputed"
+    assert _metrics(out)["skipped"] == 6.0 and _metrics(out)["done"] == 0.0
+
+
+def test_failing_runs_are_retried_then_recorded_and_retried_on_rerun(tmp_path):
+    out, empty = tmp_path / "eval", tmp_path / "no-idrid-here"
+    empty.mkdir()
+    cmd = EVAL + COMMON + ["tasks=[idrid_disc,synth_idrid_disc@8]", f"data.roots.idrid={empty}", "fleet.retries=1",
+                           "protocols=[frozen]", f"out_dir={out}"]
+    first = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 1, first.stdout + first.stderr
+    rows = {r["task"]: r for r in _rows(out)}
+    assert rows["synth_idrid_disc@8"]["status"] == "ok"
+    bad = rows["idrid_disc"]
+    assert bad["status"] == "failed" and bad["attempt"] == 2 and "IDRiD" in bad["error"]
+    assert _metrics(out) == {"done": 1.0, "failed": 1.0, "retried": 1.0, "skipped": 0.0}
+
+    second = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert second.returncode == 1
+    assert "2 runs planned, 1 already done, 0 done, 1 failed, 1 retried" in second.stdout
+    assert {r["task"]: r["attempt"] for r in _rows(out)}["idrid_disc"] == 4, "attempts add up across invocations"
+
+
+def test_monitor_serves_prometheus_metrics_and_writes_the_textfile(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mon = FleetMonitor(3, tmp_path / "metrics.prom", port=port, progress=False)
+    try:
+        mon.skipped(1)
+        mon.started()
+        mon.started()
+        mon.finished(True, 4.0)
+        mon.retried()
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        mon.close()
+    for line in ('ldisc_eval_runs_total{status="done"} 1.0', 'ldisc_eval_runs_total{status="skipped"} 1.0',
+                 'ldisc_eval_runs_total{status="retried"} 1.0', "ldisc_eval_runs_running 0.0",
+                 "ldisc_eval_run_seconds_count 1.0", "ldisc_eval_run_seconds_sum 4.0"):
+        assert line in body and line in (tmp_path / "metrics.prom").read_text()
+
+
+@pytest.mark.parametrize("spelling", [["--watch"], ["watch.dir="]])
+def test_watch_flag_spellings_become_the_same_override(spelling, tmp_path):
+    from ldisc.eval.cli import parse_argv
+
+    argv = [spelling[0], str(tmp_path)] if spelling[0] == "--watch" else [spelling[0] + str(tmp_path)]
+    flags, overrides = parse_argv(argv + ["--metrics-port=9100", "protocol=paper", "seeds=[0]"])
+    assert overrides == [f"watch.dir={tmp_path}", "metrics.port=9100", "eval/protocol@protocol=paper", "seeds=[0]"]
