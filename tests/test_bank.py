@@ -14,7 +14,9 @@ import torch.nn.functional as F
 
 from ldisc.bank import ShardedMemoryBank, StridedLayout, global_fifo, load_bank, save_bank, shard_bytes
 from ldisc.dist import Collective, ProcessGroupCollective
-from ldisc.objectives.nce import ExtraNegatives
+from ldisc.objectives import key_terms
+from ldisc.objectives.key_terms import ShardedKeyTerms
+from ldisc.objectives.nce import ExtraNegatives, instance_nce
 from ldisc.objectives.objective import ObjectiveConfig, _nce_over_ranks
 from tests._dist_helpers import run_ranks
 
@@ -65,6 +67,7 @@ def _sharded_nce(rank: int, collective, bank: ShardedMemoryBank, queries: torch.
 
 
 def _worker(rank: int, world: int, data: dict) -> dict:
+    key_terms.TILE = 64                                    # many (query, key) tiles per shard
     collective = ProcessGroupCollective()
     bank = ShardedMemoryBank(CAPACITY, DIM, collective)
     fills = []
@@ -185,3 +188,53 @@ def test_sharded_criterion_with_an_empty_shard(ranks):
     assert sum(o["lonely"]["loss"] for o in out) / WORLD == pytest.approx(loss, rel=1e-5)
     for r, o in enumerate(out):
         torch.testing.assert_close(o["lonely"]["grad"], grads[r], rtol=1e-4, atol=1e-6)
+
+
+def dense_nce_with_bank(q: torch.Tensor, bank: torch.Tensor, tau: float) -> torch.Tensor:
+    """Reference: whole matrices, autograd; positive of row i is row (i + N/2) mod N; keys detached."""
+    n = q.shape[0]
+    keys = q.detach()
+    s = q @ keys.t() / tau
+    eye = torch.eye(n, dtype=torch.bool)
+    pos = torch.roll(eye, n // 2, dims=1)
+    sb = q @ bank.t() / tau
+    log_z = torch.logsumexp(torch.cat([s.masked_fill(eye, float("-inf")), sb], 1), 1)
+    p, pb = torch.exp(s - log_z[:, None]), torch.exp(sb - log_z[:, None])
+    log1m = torch.log1p(-p).masked_fill(eye | pos, 0.0).sum(1) + torch.log1p(-pb).sum(1)
+    return (-(s[pos] - log_z) - log1m).mean()
+
+
+def test_bank_criterion_equals_dense_reference(monkeypatch):
+    monkeypatch.setattr(key_terms, "TILE", 40)             # 7-row chunks × 5-key tiles
+    gen = torch.Generator().manual_seed(1)
+    q, bank = unit(gen, 30, 16).double(), unit(gen, 57, 16).double()
+    rows = torch.arange(30)
+    q1 = q.clone().requires_grad_(True)
+    loss = instance_nce(q1, q1, rows, (rows + 15) % 30, 0.1, extra=ExtraNegatives(bank, None, 7), chunk=7).mean()
+    loss.backward()
+    q2 = q.clone().requires_grad_(True)
+    ref = dense_nce_with_bank(q2, bank, 0.1)
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-12)
+    torch.testing.assert_close(q1.grad, q2.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_sharded_key_terms_gradcheck(monkeypatch):
+    monkeypatch.setattr(key_terms, "TILE", 12)
+    gen = torch.Generator().manual_seed(2)
+    q = unit(gen, 9, 6).double().requires_grad_(True)
+    keys = unit(gen, 11, 6).double()
+    a = torch.randn(9, generator=gen, dtype=torch.float64).add(2.0).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda q, a: ShardedKeyTerms.apply(q, a, keys, 0.5, 4, None), (q, a))
+
+
+def test_bank_logsumexp_when_scores_span_more_than_fp32_exp(monkeypatch):
+    """τ = 0.01: e^{s − |q||x|/τ} underflows for rows far from every key; those rows are redone exactly."""
+    monkeypatch.setattr(key_terms, "TILE", 30)
+    gen = torch.Generator().manual_seed(4)
+    keys = F.pad(unit(gen, 40, 3), (0, 1))                           # no key has a 4th component
+    far = torch.tensor([[0.0, 0.0, 0.0, 1.0], [0.1, 0.0, 0.0, 0.995]])  # s ≈ 0..10 of a bound 100
+    q = torch.cat([unit(gen, 5, 4), far])
+    expected = torch.logsumexp(q @ keys.t() / 0.01, 1)
+    got = key_terms._shard_logsumexp(q, keys, 0.01, 3, None)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-4)

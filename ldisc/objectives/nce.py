@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from ldisc.objectives.key_terms import ShardedKeyTerms
+
 DEFAULT_CHUNK = 1024
 _LOG1M_CLAMP = 1 - 1e-7
 
@@ -138,6 +140,10 @@ class ExtraNegatives:
     def log1m_sum(self, q: torch.Tensor, log_z: torch.Tensor, tau: float) -> torch.Tensor:
         return KeyLog1mSum.apply(q, self.keys, log_z, tau, None, self.chunk, self.group)
 
+    def terms(self, q: torch.Tensor, log_z_batch: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log Z with these negatives added, Σ log(1 − p) over them) in one pass: see ``key_terms``."""
+        return ShardedKeyTerms.apply(q, log_z_batch, self.keys, tau, self.chunk, self.group)
+
 
 def instance_nce(queries: torch.Tensor, keys: torch.Tensor, self_index: torch.Tensor,
                  pos_index: torch.Tensor, tau: float = 0.1, detach_keys: bool = True,
@@ -150,6 +156,11 @@ def instance_nce(queries: torch.Tensor, keys: torch.Tensor, self_index: torch.Te
     to every denominator; when it is sharded it needs the same queries on every rank, given as
     ``extra_queries = (all_queries, rows_of_this_rank)``.
     """
+    if torch.is_autocast_enabled(queries.device.type):   # scores and log-sum-exp stay in fp32
+        with torch.autocast(queries.device.type, enabled=False):
+            return instance_nce(queries.float(), keys.float(), self_index, pos_index, tau, detach_keys,
+                                extra, extra_queries if extra_queries is None else
+                                (extra_queries[0].float(), extra_queries[1]), chunk)
     if detach_keys:
         keys = keys.detach()
     positive = (queries * keys[pos_index]).sum(1) / tau
@@ -157,13 +168,12 @@ def instance_nce(queries: torch.Tensor, keys: torch.Tensor, self_index: torch.Te
     extra_log1m = 0.0
     if extra is not None:
         all_q, rows = extra_queries if extra_queries is not None else (queries, slice(None))
-        log_z_extra = extra.logsumexp(all_q, tau)[rows]
-        log_z = torch.logaddexp(log_z, log_z_extra)
-        full_log_z = torch.zeros(all_q.shape[0], dtype=log_z.dtype, device=log_z.device)
-        full_log_z = full_log_z.index_put((torch.arange(all_q.shape[0], device=log_z.device)[rows],), log_z)
+        batch_log_z = torch.zeros(all_q.shape[0], dtype=log_z.dtype, device=log_z.device)
+        batch_log_z = batch_log_z.index_put((torch.arange(all_q.shape[0], device=log_z.device)[rows],), log_z)
         if extra_queries is not None:  # other ranks' rows: their log Z, detached (they own those losses)
-            full_log_z = _fill_other_rows(full_log_z, extra.group, rows)
-        extra_log1m = extra.log1m_sum(all_q, full_log_z, tau)[rows]
+            batch_log_z = _fill_other_rows(batch_log_z, extra.group, rows)
+        full_log_z, extra_log1m = extra.terms(all_q, batch_log_z, tau)
+        log_z, extra_log1m = full_log_z[rows], extra_log1m[rows]
     excluded = torch.stack([self_index, pos_index], 1)
     batch_log1m = KeyLog1mSum.apply(queries, keys, log_z, tau, excluded, chunk, None)
     return -(positive - log_z) - batch_log1m - extra_log1m
