@@ -1,0 +1,61 @@
+"""The downstream protocol: frozen vs. fine-tuned encoder, best-by-validation, determinism."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ldisc.eval import ProtocolConfig, get_task, load_task_data, run_protocol
+from ldisc.model import VGGEncoder
+
+
+@pytest.fixture(scope="module")
+def disc_data():
+    return load_task_data(get_task("synth_idrid_disc@10"), size=32, max_test=6)
+
+
+def _encoder(seed: int = 0) -> VGGEncoder:
+    torch.manual_seed(seed)
+    return VGGEncoder("tiny")
+
+
+def test_frozen_keeps_the_encoder_and_finetune_changes_it(disc_data):
+    torch.set_num_threads(1)
+    cfg = ProtocolConfig(epochs_frozen=2, epochs_finetune=2, device="cpu")
+    enc = _encoder()
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    res = run_protocol(enc, disc_data, "frozen", cfg, seed=0)
+    assert all(torch.equal(before[k], v) for k, v in enc.state_dict().items()), "weights and BN statistics fixed"
+    assert (res.epochs_frozen, res.epochs_finetune, len(res.history)) == (2, 0, 2)
+    assert len(res.dice) == len(res.iou) == 6 and len(res.overlays) == 3
+    assert res.overlays[0]["image"].shape == (32, 32, 3) and res.overlays[0]["prob"].dtype.name == "uint8"
+
+    enc = _encoder()
+    res = run_protocol(enc, disc_data, "finetune", ProtocolConfig(epochs_frozen=1, epochs_finetune=3, device="cpu"), 0)
+    assert [h["phase"] for h in res.history] == ["frozen", "finetune", "finetune", "finetune"]
+    if res.best_epoch > 1:  # a fine-tuned epoch won on validation: its encoder was kept
+        assert any(not torch.equal(before[k], v) for k, v in enc.state_dict().items())
+    assert res.val_dice == max(h["val_dice"] for h in res.history)
+    assert res.history[res.best_epoch - 1]["val_dice"] == res.val_dice, "best-by-validation weights are kept"
+
+
+def test_same_seed_same_result_other_seed_other_result(disc_data):
+    cfg = ProtocolConfig(epochs_frozen=2, epochs_finetune=1, device="cpu")
+    a = run_protocol(_encoder(), disc_data, "finetune", cfg, seed=3)
+    b = run_protocol(_encoder(), disc_data, "finetune", cfg, seed=3)
+    c = run_protocol(_encoder(), disc_data, "finetune", cfg, seed=4)
+    assert a.dice == b.dice and a.history == b.history
+    assert a.history != c.history
+
+
+def test_training_learns_the_optic_disc(disc_data):
+    res = run_protocol(_encoder(), disc_data, "finetune", ProtocolConfig(epochs_frozen=2, epochs_finetune=12,
+                                                                         device="cpu"), seed=0)
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    assert sum(res.dice) / len(res.dice) > 0.3, res.dice
+
+
+def test_bad_settings_are_refused(disc_data):
+    with pytest.raises(ValueError, match="unknown protocol"):
+        run_protocol(_encoder(), disc_data, "linear", ProtocolConfig(), 0)
+    with pytest.raises(ValueError, match="unknown protocol settings"):
+        ProtocolConfig.from_mapping({"epochs": 3})
