@@ -48,8 +48,12 @@ def naive_losses(model, batch, stage: int):
     return loss
 
 
-def measure(size: int, batch_size: int, stage: int, width: str, steps: int, naive: bool) -> dict:
+def measure(size: int, batch_size: int, stage: int, width: str, steps: int, naive: bool,
+            device: str = "cpu", bf16: bool = False) -> dict:
+    import contextlib
+
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     from ldisc.model import LDNet
     from ldisc.objectives.objective import LDObjective, ObjectiveConfig
@@ -59,21 +63,37 @@ def measure(size: int, batch_size: int, stage: int, width: str, steps: int, naiv
     gen = torch.Generator().manual_seed(0)
     batch = make_views_batch(torch.rand(batch_size, 3, size, size), torch.rand(batch_size, 3, size, size),
                              ViewConfig(size=size), gen)
-    model = LDNet(width, 32, 16 if stage == 2 else 0)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    model = LDNet(width, 32, 16 if stage == 2 else 0).to(device)
     objective = LDObjective(ObjectiveConfig(stage=stage))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    times = []
-    for i in range(steps + 1):
-        t = time.perf_counter()
-        loss = naive_losses(model, batch, stage) if naive else objective(model, batch).total
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    autocast = (lambda: torch.autocast(torch.device(device).type, torch.bfloat16)) if bf16 else contextlib.nullcontext
+
+    def step():
+        with autocast():
+            loss = naive_losses(model, batch, stage) if naive else objective(model, batch).total
         opt.zero_grad()
         loss.backward()
         opt.step()
+
+    times = []
+    for i in range(steps + 1):
+        sync()
+        t = time.perf_counter()
+        step()
+        sync()
         if i:   # first step warms up allocators and kernels
             times.append(time.perf_counter() - t)
+    with FlopCounterMode(display=False) as counter:
+        step()
     sec = statistics.median(times)
-    return {"seconds_per_step": round(sec, 3), "images_per_second": round(5 * batch_size / sec, 2),
-            "peak_rss_gb": round(peak_rss_bytes() / 2**30, 2)}
+    out = {"seconds_per_step": round(sec, 4), "images_per_second": round(5 * batch_size / sec, 2),
+           "achieved_tflops": round(counter.get_total_flops() / sec / 1e12, 3),
+           "peak_rss_gb": round(peak_rss_bytes() / 2**30, 2)}
+    if device.startswith("cuda"):
+        out["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return out
 
 
 def main() -> None:
@@ -81,11 +101,20 @@ def main() -> None:
     ap.add_argument("--width", default="tiny")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bf16", action="store_true", help="autocast the step to bfloat16")
     ap.add_argument("--one", nargs=4, metavar=("SIZE", "BATCH", "STAGE", "NAIVE"))
     args = ap.parse_args()
     if args.one:
         size, bs, stage, naive = map(int, args.one)
-        print(json.dumps(measure(size, bs, stage, args.width, args.steps, bool(naive))))
+        print(json.dumps(measure(size, bs, stage, args.width, args.steps, bool(naive), args.device, args.bf16)))
+        return
+    if args.device != "cpu":   # accelerator: the headline step only, fp32 and bf16
+        fp32 = measure(448, 4, 2, args.width, args.steps, False, args.device, False)
+        bf16 = measure(448, 4, 2, args.width, args.steps, False, args.device, True)
+        print(json.dumps({"bench": "step", "device": args.device, "stage": 2, "size": 448, "batch": 4,
+                          "width": args.width, "fp32": fp32, "bf16": bf16,
+                          "bf16_speedup": round(fp32["seconds_per_step"] / bf16["seconds_per_step"], 3)}))
         return
     run = lambda *a: run_isolated(__file__, "--one", *map(str, a), "--width", args.width,  # noqa: E731
                                   "--steps", str(args.steps), threads=args.threads)
