@@ -83,6 +83,7 @@ class Evaluator:
                                      gpus_per_run=float(fleet.gpus_per_run), address=cfg.ray.address,
                                      num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
                                      max_in_flight=fleet.max_in_flight, object_store_mb=cfg.ray.object_store_mb,
+                                     warm_start=bool(fleet.warm_start),
                                      progress=bool(fleet.progress), metrics_port=cfg.metrics.port)
         self.serial = serial or fleet.mode == "serial"
         if fleet.mode not in ("ray", "serial"):

@@ -42,6 +42,7 @@ class FleetConfig:
     num_cpus: int | None = None        # size of the local Ray (None: all cores)
     num_gpus: int | None = None
     max_in_flight: int | None = None   # None: as many as the cluster's CPUs (GPUs) allow
+    warm_start: bool = True            # import torch & co. in one worker per slot right after ray.init
     object_store_mb: int | None = None
     progress: bool = True
     metrics_port: int | None = None
@@ -145,7 +146,25 @@ def init_ray(cfg: FleetConfig) -> bool:
     if cfg.object_store_mb:
         kwargs["object_store_memory"] = int(cfg.object_store_mb) << 20
     ray.init(**{k: v for k, v in kwargs.items() if v is not None})
+    if cfg.warm_start:
+        warm_workers(cfg)
     return True
+
+
+def _warm_worker() -> int:
+    """Import what a run needs (torch, the model, the generator) so that the first run does not pay for it."""
+    import ldisc.eval.runs  # noqa: F401
+    import ldisc.synth  # noqa: F401
+
+    return os.getpid()
+
+
+def warm_workers(cfg: FleetConfig) -> int:
+    """Start one worker per run slot and import the run's modules there; returns how many processes."""
+    import ray
+
+    warm = ray.remote(_warm_worker).options(num_cpus=cfg.cpus_per_run, num_gpus=cfg.gpus_per_run)
+    return len(set(ray.get([warm.remote() for _ in range(_capacity(cfg))])))
 
 
 def _capacity(cfg: FleetConfig) -> int:
