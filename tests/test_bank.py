@@ -78,6 +78,10 @@ def _worker(rank: int, world: int, data: dict) -> dict:
     save_bank(bank, data["save_dir"])
     bank.enqueue(data["after"][rank])
     out["state_after"] = bank.state_dict()
+    again = ShardedMemoryBank(CAPACITY, DIM, collective)
+    again.load_state_dict(out["state"])
+    again.enqueue(data["after"][rank])
+    out["state_dict_roundtrip"] = again.state_dict()
 
     resumed = ShardedMemoryBank(CAPACITY, DIM, collective)
     out["loaded_fill"] = load_bank(resumed, data["single_dir"])
@@ -119,6 +123,9 @@ def test_fifo_order_matches_one_fifo_fed_the_global_batch(ranks):
     torch.testing.assert_close(global_fifo([o["state_after"] for o in out]),
                                reference_fifo(data["steps"] + [data["after"]], CAPACITY), rtol=0, atol=0)
     assert [o["negatives"].shape[0] for o in out] == [6, 5]
+    for o in out:                      # state_dict → load_state_dict on the same rank: the same bank
+        for key in ("keys", "slots", "ptr", "fill"):
+            assert torch.equal(torch.as_tensor(o["state_dict_roundtrip"][key]), torch.as_tensor(o["state_after"][key]))
 
 
 def test_one_process_bank_is_the_same_fifo():

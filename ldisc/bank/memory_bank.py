@@ -91,10 +91,13 @@ class ShardedMemoryBank:
                 "world_size": self.layout.world_size, "rank": self.layout.rank}
 
     def load_state_dict(self, state: dict) -> None:
-        """Load one saved shard; the bank must have the same capacity and world size."""
-        if (state["capacity"], state["world_size"]) != (self.capacity, self.layout.world_size):
+        """Load this rank's own saved shard (same capacity, world size and rank), as it was."""
+        layout = (state["capacity"], state["world_size"], state["rank"], state["dim"])
+        if layout != (self.capacity, self.layout.world_size, self.layout.rank, self.dim):
             raise ValueError("bank layout changed: load every rank's shard with load_shards / load_bank")
-        self.load_shards([state])
+        rows = state["keys"].shape[0]
+        self.keys[:rows] = state["keys"].to(self.keys)
+        self.ptr, self._fill = int(state["ptr"]), int(state["fill"])
 
     def load_shards(self, states: Iterable[dict]) -> int:
         """Rebuild this rank's shard from saved shards of any world size and capacity.
