@@ -87,22 +87,33 @@ def test_fleet_survives_a_killed_worker_and_reruns_nothing(tmp_path):
 
 
 def test_failing_runs_are_retried_then_recorded_and_retried_on_rerun(tmp_path):
-    out, empty = tmp_path / "eval", tmp_path / "no-idrid-here"
-    empty.mkdir()
-    cmd = EVAL + COMMON + ["tasks=[idrid_disc,synth_idrid_disc@8]", f"data.roots.idrid={empty}", "fleet.retries=1",
-                           "protocols=[frozen]", f"out_dir={out}"]
+    out, bad = tmp_path / "eval", tmp_path / "truncated" / "encoder.pt"
+    bad.parent.mkdir()
+    bad.write_bytes(b"PK\x03\x04 half a checkpoint")  # a file that torch.load cannot read
+    cmd = [c for c in EVAL + COMMON if c != "checkpoints=[random]"] + [
+        f"checkpoints=[random,{bad}]", "tasks=[synth_idrid_disc@8]", "fleet.retries=1", "protocols=[frozen]",
+        f"out_dir={out}"]
     first = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert first.returncode == 1, first.stdout + first.stderr
-    rows = {r["task"]: r for r in _rows(out)}
-    assert rows["synth_idrid_disc@8"]["status"] == "ok"
-    bad = rows["idrid_disc"]
-    assert bad["status"] == "failed" and bad["attempt"] == 2 and "IDRiD" in bad["error"]
+    rows = {r["checkpoint"]: r for r in _rows(out)}
+    assert rows["random"]["status"] == "ok"
+    failed = rows["truncated/encoder"]
+    assert failed["status"] == "failed" and failed["attempt"] == 2 and failed["error"]
+    assert failed["dice_mean"] is None and "failed: truncated/encoder synth_idrid_disc@8 frozen" in first.stderr
     assert _metrics(out) == {"done": 1.0, "failed": 1.0, "retried": 1.0, "skipped": 0.0}
 
     second = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert second.returncode == 1
     assert "2 runs planned, 1 already done, 0 done, 1 failed, 1 retried" in second.stdout
-    assert {r["task"]: r["attempt"] for r in _rows(out)}["idrid_disc"] == 4, "attempts add up across invocations"
+    assert {r["checkpoint"]: r["attempt"] for r in _rows(out)}["truncated/encoder"] == 4, "attempts add up"
+
+
+def test_a_missing_dataset_folder_stops_the_command_before_any_run(tmp_path):
+    out = tmp_path / "eval"
+    res = subprocess.run(EVAL + COMMON + ["tasks=[idrid_disc]", f"data.roots.idrid={tmp_path}", f"out_dir={out}"],
+                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "IDRiD: found 0 training and 0 test images" in res.stderr
+    assert not (out / "results.parquet").exists()
 
 
 def test_monitor_serves_prometheus_metrics_and_writes_the_textfile(tmp_path):

@@ -22,6 +22,7 @@ from ldisc.eval.protocol import ProtocolConfig
 from ldisc.eval.report import markdown_table, summarise, win_lines, write_report
 from ldisc.eval.runs import RANDOM, CheckpointRef, resolve_checkpoint
 from ldisc.eval.store import ResultsStore
+from ldisc.eval.taskdata import preflight
 from ldisc.eval.tasks import expand_tasks
 from ldisc.eval.watch import watch_checkpoints
 
@@ -78,6 +79,7 @@ class Evaluator:
         data = OmegaConf.to_container(cfg.data, resolve=True)
         self.data_cfg = {"size": data["size"], "val_fraction": data["val_fraction"], "max_test": data["max_test"],
                          "random_width": data["random_width"], "roots": data.get("roots") or {}}
+        preflight(self.tasks, self.data_cfg["roots"], self.data_cfg["size"])
         fleet = cfg.fleet
         self.fleet_cfg = FleetConfig(retries=int(fleet.retries), cpus_per_run=float(fleet.cpus_per_run),
                                      gpus_per_run=float(fleet.gpus_per_run), address=cfg.ray.address,
@@ -160,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, KeyError, ValueError) as err:
         print(f"ldisc-eval: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nldisc-eval: interrupted; finished runs are kept in {cfg.out_dir}, rerun to continue", file=sys.stderr)
+        return 130
     print(f"ldisc-eval: {total.planned} runs planned, {total.skipped} already done, {total.done} done, "
           f"{total.failed} failed, {total.retried} retried, {total.wall_s:.1f} s "
           f"→ {ResultsStore(cfg.out_dir).table_path}")

@@ -5,7 +5,9 @@ image i of the training split is ``generate(modality, seed=base + i)`` and of th
 ``generate(modality, seed=base + TEST_OFFSET + i)``, with ``base`` fixed per twin and far from the
 small seeds a pretraining run draws, so that no test image was seen in pretraining. The exudate twin
 forces lesions and the pneumothorax twin forces a pneumothorax in every image (so that every test
-image has something to find). Images are generated directly at the input size.
+image has something to find). Images are generated directly at the input size. The training split
+mirrors the real one's size unless a few-label variant asks for more (``synth_stare_vessel@16``
+generates 16 though STARE trains on 10): the generator is not limited.
 """
 from __future__ import annotations
 
@@ -51,4 +53,5 @@ def read_twin(task: Task, size: int) -> dict[str, list[Item]]:
         return [Item(f"{prefix}{first_seed + i}", partial(_load_twin_image, task.modality, task.structure,
                                                           first_seed + i, size)) for i in range(n)]
 
-    return {"train": items(base, task.n_train_full, "seed"), "test": items(base + TEST_OFFSET, task.n_test, "seed")}
+    n_train = max(task.n_train_full, task.n_train or 0)  # a few-label twin may ask for more than the real set has
+    return {"train": items(base, n_train, "seed"), "test": items(base + TEST_OFFSET, task.n_test, "seed")}

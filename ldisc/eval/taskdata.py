@@ -70,6 +70,16 @@ def task_items(task: Task, roots: Mapping[str, str | None], size: int) -> dict[s
     return ADAPTERS[task.adapter](root, task.structure)
 
 
+def preflight(tasks: list[Task], roots: Mapping[str, str | None] | None, size: int | None = None) -> None:
+    """Check before any run starts that every task's files are where the config says and the few-label
+    sizes fit, so that a wrong path is one clear error instead of a fleet of failed runs."""
+    for task in tasks:
+        items = task_items(task, roots or {}, int(size or task.input_size))
+        if task.n_train is not None and task.n_train > len(items["train"]):
+            raise ValueError(f"task {task.name}: asks for {task.n_train} labelled images, "
+                             f"the training split of {task.dataset} has {len(items['train'])}")
+
+
 def _shuffled(items: list[Item], seed: int) -> list[Item]:
     order = np.random.default_rng(seed).permutation(len(items))
     return [items[i] for i in order]
