@@ -128,7 +128,7 @@ def markdown_table(s: Summary) -> str:
 
 
 def bar_chart(s: Summary, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(s.tasks) * max(1, len(s.methods)) / 2 + 2), 4))
+    fig, ax = plt.subplots(figsize=(min(16, max(6, 1.1 * len(s.tasks) + 2)), 4.5))
     width = 0.8 / max(1, len(s.methods))
     x = np.arange(len(s.tasks))
     for i, m in enumerate(s.methods):

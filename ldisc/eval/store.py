@@ -49,13 +49,26 @@ def _atomic_write(table: pa.Table, path: Path) -> None:
 
 
 class ResultsStore:
-    """Rows of finished runs (status ``ok`` or ``failed``) under ``results_dir``."""
+    """Rows of finished runs (status ``ok`` or ``failed``) under ``results_dir``.
+
+    The per-run files are read once and then kept in memory, so that refreshing the table after each
+    run costs one write, not a re-read of every file (one driver writes a store at a time).
+    """
 
     def __init__(self, results_dir: str | Path):
         self.dir = Path(results_dir).expanduser()
         self.runs_dir = self.dir / "runs"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.table_path = self.dir / RESULTS_FILE
+        self._rows: dict[str, dict] | None = None
+
+    def _cache(self) -> dict[str, dict]:
+        if self._rows is None:
+            self._rows = {}
+            for f in sorted(self.runs_dir.glob("*.parquet")):
+                for row in pq.read_table(f, schema=SCHEMA).to_pylist():
+                    self._rows[row["run_id"]] = row
+        return self._rows
 
     def write(self, row: dict, compact: bool = True) -> None:
         """Persist one run's row (replacing an earlier row of the same run), then refresh the table."""
@@ -63,38 +76,31 @@ class ResultsStore:
         if unknown:
             raise ValueError(f"row has columns outside the results schema: {sorted(unknown)}")
         full = {name: row.get(name) for name in SCHEMA.names}
-        _atomic_write(pa.Table.from_pylist([full], schema=SCHEMA), self.runs_dir / f"{row['run_id']}.parquet")
+        table = pa.Table.from_pylist([full], schema=SCHEMA)
+        _atomic_write(table, self.runs_dir / f"{row['run_id']}.parquet")
+        self._cache()[row["run_id"]] = table.to_pylist()[0]
         if compact:
             self.compact()
 
-    def _run_files(self) -> list[Path]:
-        return sorted(self.runs_dir.glob("*.parquet"))
-
     def table(self) -> pa.Table:
-        """Every run's row (read from the per-run files)."""
-        files = self._run_files()
-        if not files:
-            return SCHEMA.empty_table()
-        return pa.concat_tables([pq.read_table(f, schema=SCHEMA) for f in files])
+        """Every run's latest row."""
+        rows = self._cache()
+        return pa.Table.from_pylist([rows[k] for k in sorted(rows)], schema=SCHEMA) if rows else SCHEMA.empty_table()
 
     def compact(self) -> pa.Table:
-        """Rewrite ``results.parquet`` from the per-run files; returns the table."""
+        """Rewrite ``results.parquet`` from the rows; returns the table."""
         table = self.table()
         _atomic_write(table, self.table_path)
         return table
 
     def rows(self, status: str | None = None) -> list[dict]:
-        rows = self.table().to_pylist()
-        return [r for r in rows if status is None or r["status"] == status]
+        return [dict(r) for k, r in sorted(self._cache().items()) if status is None or r["status"] == status]
 
     def done_ids(self) -> set[str]:
         """Runs that finished successfully: a rerun skips them."""
-        return {r["run_id"] for r in self.rows("ok")}
+        return {k for k, r in self._cache().items() if r["status"] == "ok"}
 
     def failed_attempts(self, run_id: str) -> int:
         """How many attempts an earlier invocation spent on a run that ended failed (0 if none)."""
-        path = self.runs_dir / f"{run_id}.parquet"
-        if not path.is_file():
-            return 0
-        row = pq.read_table(path, schema=SCHEMA).to_pylist()[0]
-        return int(row["attempt"] or 0) if row["status"] == "failed" else 0
+        row = self._cache().get(run_id)
+        return int(row["attempt"] or 0) if row is not None and row["status"] == "failed" else 0
