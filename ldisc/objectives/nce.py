@@ -7,8 +7,8 @@ For L2-normalised queries q_i, keys x_j, s_ij = q_i·x_j / τ and positive index
     loss_i = −log p_{i,pos(i)} − Σ_{j ∉ {i, pos(i)}} log(1 − p_ij)
     L      = mean_i loss_i
 
-Rows are processed in chunks: no more than one (chunk × M) score matrix exists at a time, forward
-or backward; the backward pass recomputes the scores and applies the analytic gradient. With
+Scores are processed in cache-sized tiles (rows × key columns): no N×N matrix ever exists, forward
+or backward; the backward pass recomputes each tile and applies the analytic gradient. With
 ``detach_keys`` (the authors' default: their key side is taken with ``.data``) gradients reach the
 queries only. The two building blocks — a log-sum-exp over keys and a sum of log(1 − p) over keys —
 take an optional process group: then each rank holds a shard of the keys, forward statistics and
@@ -20,24 +20,10 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ldisc.objectives.key_terms import ShardedKeyTerms
+from ldisc.objectives.key_terms import ShardedKeyTerms, _augment, _tiles
 
 DEFAULT_CHUNK = 1024
 _LOG1M_CLAMP = 1 - 1e-7
-
-
-def _scores(q: torch.Tensor, keys: torch.Tensor, tau: float, exclude: torch.Tensor | None,
-            rows: slice) -> torch.Tensor:
-    """(chunk, M) scores with the excluded key of each row (index ≥ 0) set to −inf."""
-    s = q[rows] @ keys.t() / tau
-    if exclude is not None:
-        ex = exclude[rows]
-        if ex.ndim == 1:
-            ex = ex[:, None]
-        r = torch.arange(s.shape[0], device=s.device)[:, None].expand_as(ex)
-        valid = ex >= 0
-        s[r[valid], ex[valid]] = float("-inf")
-    return s
 
 
 def _all_reduce(t: torch.Tensor, group, op=None) -> torch.Tensor:
@@ -46,25 +32,53 @@ def _all_reduce(t: torch.Tensor, group, op=None) -> torch.Tensor:
     return t
 
 
+def _drop_excluded(tile: torch.Tensor, exclude: torch.Tensor | None, rows: slice, cols: slice) -> torch.Tensor:
+    """Zero, in place, the entries of a (rows × cols) tile whose key is excluded for that row."""
+    if exclude is None:
+        return tile
+    ex = exclude[rows]
+    ex = ex[:, None] if ex.ndim == 1 else ex
+    local = ex - cols.start
+    hit = (ex >= 0) & (local >= 0) & (local < tile.shape[1])
+    if hit.any():
+        r = torch.arange(tile.shape[0], device=tile.device)[:, None].expand_as(ex)
+        tile[r[hit], local[hit]] = 0.0
+    return tile
+
+
+def _exact_lse(q: torch.Tensor, keys: torch.Tensor, tau: float, exclude: torch.Tensor | None) -> torch.Tensor:
+    """Row-wise log-sum-exp with an exact maximum (rare fallback for rows whose shifted sum underflows)."""
+    s = q @ keys.t() / tau
+    if exclude is not None:
+        ex = exclude[:, None] if exclude.ndim == 1 else exclude
+        r = torch.arange(s.shape[0], device=s.device)[:, None].expand_as(ex)
+        s[r[ex >= 0], ex[ex >= 0]] = float("-inf")
+    return torch.logsumexp(s, 1)
+
+
 class KeyLogSumExp(torch.autograd.Function):
-    """lse_i = log Σ_j exp(q_i·x_j/τ) over keys x (excluding ``exclude[i]``), over all ranks of ``group``."""
+    """lse_i = log Σ_j exp(q_i·x_j/τ) over keys x (excluding ``exclude[i]``), over all ranks of ``group``.
+
+    Scores are shifted by the Cauchy–Schwarz bound |q_i| max_j |x_j| / τ inside the matmul (no max
+    pass) and processed in cache-sized tiles; rows whose shifted sum underflows are redone exactly.
+    """
 
     @staticmethod
     def forward(ctx, q, keys, tau, exclude, chunk, group):
-        n = q.shape[0]
-        row_max = q.new_full((n,), float("-inf"))
+        n, m = q.shape[0], keys.shape[0]
+        key_norm = keys.norm(dim=1).amax() if m else q.new_tensor(float("-inf"))
+        shift = q.norm(dim=1) * key_norm / tau
         sum_exp = q.new_zeros(n)
-        for start in range(0, n if keys.shape[0] else 0, chunk):   # an empty shard adds e^{−inf}
-            rows = slice(start, min(n, start + chunk))
-            s = _scores(q, keys, tau, exclude, rows)
-            m = s.max(1).values
-            row_max[rows] = m
-            sum_exp[rows] = torch.exp(s - torch.where(torch.isinf(m), 0, m)[:, None]).sum(1)
+        qa, ka = _augment(q, keys, tau, shift)
+        for rows, cols in _tiles(n, m, chunk):
+            sum_exp[rows] += _drop_excluded((qa[rows] @ ka[cols].t()).exp_(), exclude, rows, cols).sum(1)
+        lse = torch.log(sum_exp) + shift
+        lost = (sum_exp < 1e-30) & torch.isfinite(shift)
+        if lost.any():
+            lse[lost] = _exact_lse(q[lost], keys, tau, None if exclude is None else exclude[lost])
         if group is not None:
-            global_max = _all_reduce(row_max.clone(), group, dist.ReduceOp.MAX)
-            sum_exp = _all_reduce(sum_exp * torch.exp(torch.nan_to_num(row_max - global_max, nan=0.0)), group)
-            row_max = global_max
-        lse = torch.log(sum_exp) + row_max
+            top = _all_reduce(torch.nan_to_num(lse, neginf=-1e30).clone(), group, dist.ReduceOp.MAX)
+            lse = torch.log(_all_reduce(torch.exp(lse - top), group)) + top
         ctx.save_for_backward(q, keys, exclude, lse)
         ctx.tau, ctx.chunk, ctx.group = tau, chunk, group
         return lse
@@ -73,15 +87,14 @@ class KeyLogSumExp(torch.autograd.Function):
     def backward(ctx, grad_lse):
         q, keys, exclude, lse = ctx.saved_tensors
         tau, chunk, group = ctx.tau, ctx.chunk, ctx.group
-        n = q.shape[0]
-        softmax_keys = q.new_zeros(n, q.shape[1])          # Σ_j p_ij x_j  (p = softmax over keys)
+        softmax_keys = torch.zeros_like(q)                  # Σ_j p_ij x_j  (p = softmax over keys)
         grad_keys = torch.zeros_like(keys) if ctx.needs_input_grad[1] else None
-        for start in range(0, n, chunk):
-            rows = slice(start, min(n, start + chunk))
-            p = torch.exp(_scores(q, keys, tau, exclude, rows) - lse[rows, None])
-            softmax_keys[rows] = p @ keys
+        qa, ka = _augment(q, keys, tau, lse)
+        for rows, cols in _tiles(q.shape[0], keys.shape[0], chunk):
+            p = _drop_excluded((qa[rows] @ ka[cols].t()).exp_(), exclude, rows, cols)
+            softmax_keys[rows] += p @ keys[cols]
             if grad_keys is not None:
-                grad_keys += (p * grad_lse[rows, None]).t() @ q[rows] / tau
+                grad_keys[cols] += p.mul_(grad_lse[rows, None]).t() @ q[rows] / tau
         softmax_keys = _all_reduce(softmax_keys, group)
         grad_q = grad_lse[:, None] * softmax_keys / tau if ctx.needs_input_grad[0] else None
         return grad_q, grad_keys, None, None, None, None
@@ -92,12 +105,11 @@ class KeyLog1mSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, keys, log_z, tau, exclude, chunk, group):
-        n = q.shape[0]
-        total = q.new_zeros(n)
-        for start in range(0, n, chunk):
-            rows = slice(start, min(n, start + chunk))
-            p = torch.exp(_scores(q, keys, tau, exclude, rows) - log_z[rows, None])
-            total[rows] = torch.log1p(-p.clamp(max=_LOG1M_CLAMP)).sum(1)
+        total = q.new_zeros(q.shape[0])
+        qa, ka = _augment(q, keys, tau, log_z)
+        for rows, cols in _tiles(q.shape[0], keys.shape[0], chunk):
+            p = _drop_excluded((qa[rows] @ ka[cols].t()).exp_().clamp_(max=_LOG1M_CLAMP), exclude, rows, cols)
+            total[rows] += p.neg_().log1p_().sum(1)
         total = _all_reduce(total, group)
         ctx.save_for_backward(q, keys, log_z, exclude)
         ctx.tau, ctx.chunk, ctx.group = tau, chunk, group
@@ -111,14 +123,14 @@ class KeyLog1mSum(torch.autograd.Function):
         # packed partial sums: [Σ_j r_ij x_j | Σ_j r_ij] with r = p / (1 − p)
         packed = q.new_zeros(n, d + 1)
         grad_keys = torch.zeros_like(keys) if ctx.needs_input_grad[1] else None
-        for start in range(0, n, chunk):
-            rows = slice(start, min(n, start + chunk))
-            p = torch.exp(_scores(q, keys, tau, exclude, rows) - log_z[rows, None]).clamp(max=_LOG1M_CLAMP)
-            r = p / (1 - p)
-            packed[rows, :d] = r @ keys
-            packed[rows, d] = r.sum(1)
+        qa, ka = _augment(q, keys, tau, log_z)
+        for rows, cols in _tiles(n, keys.shape[0], chunk):
+            p = _drop_excluded((qa[rows] @ ka[cols].t()).exp_().clamp_(max=_LOG1M_CLAMP), exclude, rows, cols)
+            r = p.div_(torch.rsub(p, 1.0))
+            packed[rows, :d] += r @ keys[cols]
+            packed[rows, d] += r.sum(1)
             if grad_keys is not None:
-                grad_keys -= (r * grad_t[rows, None]).t() @ q[rows] / tau
+                grad_keys[cols] -= r.mul_(grad_t[rows, None]).t() @ q[rows] / tau
         packed = _all_reduce(packed, group)
         grad_q = -grad_t[:, None] * packed[:, :d] / tau if ctx.needs_input_grad[0] else None
         grad_log_z = grad_t * packed[:, d] if ctx.needs_input_grad[2] else None
