@@ -91,6 +91,34 @@ class StreamLoader:
         self.corrupt_samples = 0          # images replaced because they could not be decoded
         self.dropped_samples = 0          # epoch tails no rank saw (split remainder)
         self._tables: dict[int, SampleTable] = {}
+        self._batches = None              # live iterator behind next_batch()
+
+    @classmethod
+    def from_config(cls, cfg, rank: int | None = None, world_size: int | None = None) -> "StreamLoader":
+        """From a composed ``ldisc-pretrain`` config: ``data`` group (shards.yaml), ``train.batch_size``, ``seed``."""
+        from omegaconf import OmegaConf
+
+        from ldisc.views import ViewConfig
+
+        d = cfg.data
+        weights = OmegaConf.to_container(d.weights) if d.get("weights") else None
+        return cls(str(d.dataset), int(cfg.train.batch_size), seed=int(cfg.seed), version=d.get("version", "latest"),
+                   weights=weights, epoch_samples=d.get("epoch_samples"), shuffle_window=int(d.shuffle_window),
+                   num_workers=int(d.num_workers), world_size=world_size, rank=rank,
+                   view_config=ViewConfig(size=int(d.size)), prefetch_factor=int(d.prefetch_factor),
+                   endpoint_url=d.get("endpoint_url"))
+
+    def next_batch(self) -> dict:
+        """The next batch of the endless stream (epochs follow each other); the trainer's interface."""
+        for _ in range(2):   # at most one epoch boundary between two batches
+            if self._batches is None:
+                self._batches = iter(self)
+            try:
+                return next(self._batches)
+            except StopIteration:
+                self._batches = None
+        raise RuntimeError(f"dataset {self.dataset}: an epoch yields no batch for world size {self.world_size} "
+                           f"and batch size {self.batch_size} (too few samples)")
 
     @property
     def per_rank(self) -> int:
@@ -107,6 +135,7 @@ class StreamLoader:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state`` (any world size and batch size; same seed required)."""
+        self._batches = None
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"not a stream position: {state.get('format')!r}")
         if int(state["seed"]) != self.seed:
