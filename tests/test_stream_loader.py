@@ -168,3 +168,21 @@ def test_mixing_weights_set_group_proportions(tmp_path):
     b_rows = order[groups == "b/xray"]
     assert np.bincount(b_rows).max() == 2  # the small site is repeated, evenly
     assert len(ids_of(loader)) == 40
+
+
+def test_trainer_seam_from_config_next_batch_crosses_epochs_and_resumes(dataset):
+    """``from_config`` + ``next_batch``: epochs follow each other; a saved position resumes exactly."""
+    from ldisc.config import compose
+
+    cfg = compose("pretrain", ["data=shards", f"data.dataset={dataset}", "data.size=16", "data.num_workers=0",
+                               "train.batch_size=2", "seed=3"])
+    loader = StreamLoader.from_config(cfg, rank=0, world_size=1)
+    per_epoch = loader.steps_remaining()
+    first = [loader.next_batch() for _ in range(per_epoch + 2)]
+    assert [b["epoch"] for b in first] == [0] * per_epoch + [1, 1]
+    assert first[0]["x1_1"].shape == (2, 3, 16, 16)
+    state = loader.state_dict()
+    after = [loader.next_batch()["sample_ids"] for _ in range(3)]
+    resumed = StreamLoader.from_config(cfg, rank=0, world_size=1)
+    resumed.load_state_dict(state)
+    assert [resumed.next_batch()["sample_ids"] for _ in range(3)] == after
