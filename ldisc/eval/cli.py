@@ -130,6 +130,7 @@ def print_report(cfg: DictConfig, out=sys.stdout) -> None:
 
 def run(cfg: DictConfig, serial: bool = False) -> FleetSummary:
     """Evaluate the configured checkpoints (or follow ``watch.dir``), then write the report."""
+    refs = None if cfg.watch.dir else [resolve_checkpoint(str(c)) for c in cfg.checkpoints]  # fail before Ray starts
     ev = Evaluator(cfg, serial)
     try:
         if cfg.watch.dir:
@@ -144,7 +145,7 @@ def run(cfg: DictConfig, serial: bool = False) -> FleetSummary:
             watch_checkpoints(cfg.watch.dir, Path(cfg.out_dir) / "snapshots", evaluate_and_report,
                               float(cfg.watch.interval_s), cfg.watch.idle_timeout_s)
         else:
-            ev.evaluate([resolve_checkpoint(str(c)) for c in cfg.checkpoints])
+            ev.evaluate(refs)
     finally:
         ev.close()
     return ev.total
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         total = run(cfg, flags["serial"])
     except (FileNotFoundError, KeyError, ValueError) as err:
-        print(f"ldisc-eval: {err}", file=sys.stderr)
+        print(f"ldisc-eval: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nldisc-eval: interrupted; finished runs are kept in {cfg.out_dir}, rerun to continue", file=sys.stderr)
