@@ -27,6 +27,7 @@ class FleetMonitor:
         self.running = Gauge("ldisc_eval_runs_running", "Evaluation runs in flight", registry=self.registry)
         self.seconds = Histogram("ldisc_eval_run_seconds", "Wall time of finished evaluation runs",
                                  buckets=RUN_SECONDS_BUCKETS, registry=self.registry)
+        self.n_failed = 0
         self.textfile = Path(textfile) if textfile else None
         self._server = start_http_server(int(port), addr="127.0.0.1", registry=self.registry) if port else None
         self.bar = tqdm(total=total, desc=description, unit="run", file=sys.stderr, disable=not progress,
@@ -57,9 +58,10 @@ class FleetMonitor:
     def finished(self, ok: bool, seconds: float) -> None:
         self.running.dec()
         self.runs.labels("done" if ok else "failed").inc()
+        self.n_failed += not ok
         self.seconds.observe(seconds)
         self.bar.update(1)
-        self.bar.set_postfix(failed=int(self.runs.labels("failed")._value.get()), refresh=False)
+        self.bar.set_postfix(failed=self.n_failed, refresh=False)
         self._flush()
 
     def close(self) -> None:
