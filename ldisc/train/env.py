@@ -80,14 +80,32 @@ def init_distributed(backend: str = "auto") -> DistInfo:
 
     acc = get_accelerator()
     owns = not torch.distributed.is_initialized()
+    backend = acc.communication_backend_name() if backend == "auto" else backend
+    if owns and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        _init_on_attempt_store(backend)
     if owns:
-        deepspeed.init_distributed(dist_backend=None if backend == "auto" else backend,
-                                   auto_mpi_discovery=False, verbose=False)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if acc.device_name() != "cpu":
         acc.set_device(local_rank)
     device = torch.device(acc.current_device_name())
     return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device, owns)
+
+
+def _init_on_attempt_store(backend: str) -> None:
+    """Join the process group through a key space of this torchrun attempt.
+
+    torchrun's c10d rendezvous shares its TCPStore with the workers and, on a restart, hands the new
+    workers the same store without a per-attempt prefix: gloo then reads the dead workers' addresses
+    and hangs or fails with "Connection refused". Prefixing the keys with the restart count avoids it.
+    """
+    from datetime import timedelta
+
+    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                       is_master=False, timeout=timedelta(minutes=5))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    torch.distributed.init_process_group(backend, store=torch.distributed.PrefixStore(f"/ldisc/attempt_{attempt}", store),
+                                         rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
 
 
 def barrier() -> None:
