@@ -61,11 +61,15 @@ def _steps(run_dir: Path, s1: int, s2: int, every: int, *extra: str) -> list[str
             f"train.checkpoint_every={every}", "train.keep_checkpoints=10", *extra]
 
 
+# lr halved every 2 steps; a memory bank fed by an EMA key encoder (both must resume exactly)
+REF_EXTRA = ("train.lr_halve_every=2", "bank.size=512", "bank.ema_momentum=0.5")
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """An uninterrupted single-process run: 3 stage-1 + 2 stage-2 steps, lr halved every 2 steps."""
+    """An uninterrupted single-process run: 3 stage-1 + 2 stage-2 steps."""
     run_dir = tmp_path_factory.mktemp("ref")
-    result = pretrain(_steps(run_dir, 3, 2, 2, "train.lr_halve_every=2"))
+    result = pretrain(_steps(run_dir, 3, 2, 2, *REF_EXTRA))
     return run_dir, result
 
 
@@ -101,7 +105,7 @@ def test_resume_auto_is_bitwise_exact(reference, tmp_path):
     shutil.copytree(run_dir, resumed)
     for late in ("step_0000004", "step_0000005"):       # as if the job died during step 4
         shutil.rmtree(resumed / "checkpoints" / late)
-    result = pretrain(_steps(resumed, 3, 2, 2, "train.lr_halve_every=2", "train.resume=auto"))
+    result = pretrain(_steps(resumed, 3, 2, 2, *REF_EXTRA, "train.resume=auto"))
     assert losses_without_timing(resumed) == losses_without_timing(run_dir)
     assert sample_log(resumed, 0) == sample_log(run_dir, 0)
     assert [r["step"] for r in result.losses] == [1, 2, 3, 4, 5]

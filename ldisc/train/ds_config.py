@@ -3,7 +3,7 @@
 Everything the engine does is in this one dict, written to ``<run_dir>/ds_config.json``:
 ZeRO stage, precision, gradient accumulation and clipping, and the paper's optimiser and schedule —
 Adam (torch's implementation, never the fused op), lr 1e-3 halved every ``train.lr_halve_every``
-optimiser steps (DeepSpeed instantiates ``torch.optim.lr_scheduler.StepLR`` from the config).
+optimiser steps (``scheduler: StepLR``, instantiated by :mod:`ldisc.train.schedule` for DeepSpeed).
 """
 from __future__ import annotations
 

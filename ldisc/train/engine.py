@@ -19,10 +19,10 @@ from torch import nn
 
 from ldisc.model import LDOutput
 from ldisc.train.env import DistInfo, import_deepspeed
+from ldisc.train.schedule import scheduler_factory
 from ldisc.train.sync_bn import convert_sync_batchnorm
 
 DS_TAG = "ds"
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "bf16-autocast": torch.float32}
 
 
 class Engine:
@@ -36,13 +36,19 @@ class Engine:
         self.channels_last = bool(engine_cfg.channels_last)
         if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
+        config, make_scheduler = scheduler_factory(ds_config)
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=module, model_parameters=[p for p in module.parameters() if p.requires_grad], config=ds_config)
+            model=module, model_parameters=[p for p in module.parameters() if p.requires_grad], config=config,
+            lr_scheduler=make_scheduler)
         if engine_cfg.compile:
             self.ds.compile()
         self.info = info
         self.device = info.device
-        self.dtype = _DTYPES[precision]
+        # inputs follow the weights DeepSpeed keeps (bf16 params under engine.precision=bf16)
+        self.dtype = next(self.ds.module.parameters()).dtype if precision != "bf16-autocast" else torch.float32
+        for buf in self.ds.module.buffers():   # DeepSpeed casts parameters only; BN needs its stats alike
+            if buf.is_floating_point():
+                buf.data = buf.data.to(self.dtype)
         self.zero_stage = int(ds_config["zero_optimization"]["stage"])
 
     # -- training ---------------------------------------------------------------------------------

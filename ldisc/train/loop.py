@@ -18,6 +18,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from ldisc.bank import load_bank, save_bank
+from ldisc.bank.checkpoint import shard_path
+from ldisc.bank.build import build_bank, build_key_encoder, feed_bank
 from ldisc.config import to_dataclass
 from ldisc.dist import default_collective
 from ldisc.model import LDNet, load_stage1, save_encoder
@@ -31,7 +34,7 @@ from ldisc.train.metrics import TrainMetrics
 from ldisc.train.rng import rng_state, set_rng_state
 from ldisc.train.runlog import JsonlLog, plot_losses
 from ldisc.train.shape_prior import ShapePrior
-from ldisc.train.sources import build_bank, build_data_source
+from ldisc.train.sources import build_data_source
 
 
 @dataclass
@@ -56,7 +59,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.collective = default_collective()
         self.data = data if data is not None else build_data_source(cfg, info)
-        self.bank = build_bank(cfg, self.collective, info)
+        self.bank = build_bank(cfg.bank, self.collective, int(cfg.model.embed_dim), info.device)
+        self.key_encoder = None
         m = cfg.metrics
         self.metrics = TrainMetrics(self.rank, int(m.port), info.local_rank, str(m.get("addr", "127.0.0.1")))
         self.log = JsonlLog(self.run_dir / "losses.jsonl", enabled=self.rank == 0)
@@ -86,6 +90,7 @@ class Trainer:
         ocfg = to_dataclass(ObjectiveConfig, self.cfg.objective)
         ocfg.stage = stage
         self.objective = LDObjective(ocfg, self.collective).to(self.device)
+        self.key_encoder = build_key_encoder(self.cfg.bank, self._key_source(), int(self.cfg.objective.grid))
         self.shape_prior = None
         if stage == 2 and ocfg.w_adversarial > 0:
             t = self.cfg.train
@@ -103,14 +108,13 @@ class Trainer:
 
         def write(tmp: Path) -> None:
             self.engine.save(tmp)
-            if self.bank is not None:
-                from ldisc.bank import save_bank
-                save_bank(self.bank, tmp / "bank")
+            save_bank(self.bank, tmp / "bank")
             torch.save({"rng": rng_state(), "data": self.data.state_dict()}, tmp / _rank_file(self.rank))
             if self.rank == 0:
                 torch.save({"step": self.step, "stage": self.stage, "world_size": self.info.world_size,
                             "config": OmegaConf.to_yaml(self.cfg), "objective": self.objective.state_dict(),
-                            "shape_prior": self.shape_prior.state_dict() if self.shape_prior else None},
+                            "shape_prior": self.shape_prior.state_dict() if self.shape_prior else None,
+                            "key_encoder": self.key_encoder.state_dict() if self.key_encoder else None},
                            tmp / "trainer.pt")
                 self._export(full, tmp)
             faults.maybe_kill_in_save(self.step, self.rank)
@@ -141,14 +145,14 @@ class Trainer:
         self.objective.prototypes = state["objective"].get("prototypes", torch.empty(0)).to(self.device)
         if self.shape_prior is not None and state.get("shape_prior"):
             self.shape_prior.load_state_dict(state["shape_prior"])
+        if self.key_encoder is not None and state.get("key_encoder"):
+            self.key_encoder.load_state_dict(state["key_encoder"])
         own = path / _rank_file(self.rank)
         local = torch.load(own if own.exists() else path / _rank_file(0), map_location="cpu", weights_only=False)
         self.data.load_state_dict(local["data"])
         if own.exists():
             set_rng_state(local["rng"])
-        if self.bank is not None:
-            from ldisc.bank import load_bank
-            load_bank(self.bank, path / "bank")
+        self._restore_bank(path / "bank")
         self.step = int(state["step"])
         if self.rank == 0:
             self.log.truncate(self.step)
@@ -160,6 +164,17 @@ class Trainer:
         self.losses = self.log.read() if self.rank == 0 else []
         self.last_checkpoint = path
 
+    def _restore_bank(self, directory: Path) -> None:
+        """Same world size and capacity: this rank's shard as saved (same row order, so the bank's NCE
+        sums in the same order: bitwise resume). Otherwise re-shard the saved FIFO."""
+        own = shard_path(directory, self.rank, self.info.world_size)
+        if own.is_file():
+            state = torch.load(own, map_location="cpu", weights_only=True)
+            if (state["capacity"], state["world_size"]) == (self.bank.capacity, self.info.world_size):
+                self.bank.load_state_dict(state)
+                return
+        load_bank(self.bank, directory)
+
     # -- the loop -------------------------------------------------------------------------------
     def _micro_step(self, terms_sum: dict[str, float], keys: list) -> tuple[int, float]:
         """Forward + backward of one micro-batch → (images, seconds waited for data)."""
@@ -170,11 +185,8 @@ class Trainer:
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         self.engine.train()
         disc = self.shape_prior.discriminator if self.shape_prior else None
-        bank = self.bank.negatives() if self.bank is not None else None
-        result = self.objective(self.engine, batch, bank=bank, discriminator=disc)
+        result = self.objective(self.engine, batch, bank=self.bank.negatives(), discriminator=disc)
         self.engine.backward(result.total)
-        if self.bank is not None:
-            self.bank.enqueue(result.patch_vectors)
         terms = {k: v.detach() for k, v in result.terms.items()}
         terms["total"] = result.total.detach()
         if self.shape_prior is not None:
@@ -182,7 +194,21 @@ class Trainer:
         for k, v in terms.items():
             terms_sum[k] = terms_sum.get(k, 0.0) + v.float().cpu()
         self.engine.step()
+        feed_bank(self.bank, result.patch_vectors, self._key_batch(batch), self.key_encoder, self.engine.module)
         return 5 * batch["x1_1"].shape[0], wait
+
+    def _key_source(self):
+        """What the EMA key encoder copies: the engine's module (ZeRO-3 partitions it: not supported)."""
+        if self.engine.zero_stage == 3 and float(self.cfg.bank.get("ema_momentum", 0) or 0) > 0:
+            raise ValueError("bank.ema_momentum > 0 needs full parameters: use engine.zero_stage ≤ 2")
+        return self.engine.module
+
+    def _key_batch(self, batch: dict) -> dict:
+        """The batch in the engine's dtype, for the key encoder (a copy of the engine's module)."""
+        if self.key_encoder is None:
+            return batch
+        return {k: v.to(self.engine.dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+                for k, v in batch.items()}
 
     def _global_mean(self, terms: dict, micro: int) -> dict[str, float]:
         names = sorted(terms)
@@ -205,7 +231,7 @@ class Trainer:
             seconds = time.perf_counter() - t0
             local = {k: float(v) / micro for k, v in terms_sum.items()}
             self.metrics.observe_step(seconds, wait, images, local, self.stage)
-            self.metrics.set_bank_fill(self.bank.fill_ratio if self.bank is not None else 0.0)
+            self.metrics.set_bank_fill(self.bank.fill_ratio)
             terms = self._global_mean(terms_sum, micro)
             record = {"step": self.step, "stage": self.stage, "lr": lr, "seconds": round(seconds, 4),
                       "images_per_s": round(images * self.info.world_size / seconds, 3), **terms}
@@ -219,8 +245,8 @@ class Trainer:
 
     def run(self) -> PretrainResult:
         t = self.cfg.train
-        s1 = 0 if t.init_from else int(t.stage1_steps)
-        total = s1 + int(t.stage2_steps)
+        s1, s2 = self._stage_steps()
+        total = s1 + s2
         resume = broadcast_object(ckpt.resolve_resume(t.resume, self.run_dir) if self.rank == 0 else None)
         if resume is not None:
             self._restore(Path(resume))
@@ -243,11 +269,20 @@ class Trainer:
         enc = self.last_checkpoint / "encoder.pt" if self.last_checkpoint else None
         return PretrainResult(self.run_dir, enc, self.last_checkpoint, self.losses)
 
-    def _stage1_state(self, init_from: str | None) -> dict:
-        """Stage-1 weights: the full model of checkpoint ``init_from``, or of this run's engine."""
+    def _stage_steps(self) -> tuple[int, int]:
+        """(stage-1 steps, stage-2 steps): both stages by default; ``objective.stage=1|2`` runs one."""
+        t, only = self.cfg.train, self.cfg.objective.get("stage")
+        if only not in (None, 1, 2):
+            raise ValueError(f"objective.stage must be null (both), 1 or 2, got {only!r}")
+        s1 = 0 if t.init_from or only == 2 else int(t.stage1_steps)
+        return s1, 0 if only == 1 else int(t.stage2_steps)
+
+    def _stage1_state(self, init_from: str | None) -> dict | None:
+        """Stage-1 weights: the full model of checkpoint ``init_from``, or of this run's engine (None
+        with ``train.stage1_steps=0`` and no ``init_from``: stage 2 from a random init)."""
         if init_from:
             path = Path(init_from)
             if not (path / "model.pt").is_file():
                 raise FileNotFoundError(f"train.init_from={init_from}: no model.pt (not an ldisc checkpoint)")
             return torch.load(path / "model.pt", map_location="cpu", weights_only=True)
-        return self.engine.full_state_dict()
+        return self.engine.full_state_dict() if self.engine is not None else None

@@ -1,4 +1,4 @@
-"""What a trainer reads from and adds to the objective: the data source and the memory bank.
+"""Where a trainer's batches come from.
 
 ``data.source``: ``synthetic`` (procedural images, the default), ``noise`` (smooth random images:
 no generator cost, for tests and benchmarks) or ``shards`` (the streaming shard loader,
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from ldisc.dist import Collective
 from ldisc.train.env import DistInfo
 from ldisc.train.synthetic_source import noise_pairs, synthetic_pairs
 
@@ -34,14 +33,3 @@ def _shard_source(cfg: DictConfig, info: DistInfo):
         raise ValueError("data.source=shards needs ldisc.data.loader.StreamLoader, not available in this "
                          f"checkout ({err})") from err
     return StreamLoader.from_config(cfg, rank=info.rank, world_size=info.world_size)
-
-
-def build_bank(cfg: DictConfig, collective: Collective, info: DistInfo):
-    """The sharded memory bank of ``bank.size`` entries, or None for size 0 (the paper)."""
-    size = int(cfg.bank.get("size", 0))
-    if size <= 0:
-        return None
-    from ldisc.bank import ShardedMemoryBank
-
-    return ShardedMemoryBank(size, int(cfg.model.embed_dim), collective, info.device,
-                             chunk=int(cfg.objective.get("chunk", 1024)))
