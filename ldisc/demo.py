@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     _run("2/4 ingest into shards, then verify",
          ["sharding.cli", "ingest", str(out / "hospital" / "images"), "--dataset", str(out / "dataset"),
           "--site", "demo-site", "--modality", "fundus", "--size", "256", "--workers", "2",
-          "--metrics-file", str(out / "ingest-metrics.prom")], secret_env)
+          "--metrics-file", str(out / "ingest-metrics.prom"),
+          "--quarantine-report", str(out / "quarantine.jsonl")], secret_env)
     _run("2/4 verify", ["sharding.cli", "verify", str(out / "dataset")])
     run_dir = out / "pretrain"
     _run("3/4 LD pretraining, stage 1 then stage 2 (DeepSpeed, CPU)",
