@@ -33,9 +33,9 @@ class Engine:
             raise ValueError("engine.precision=fp16 needs an accelerator with fp16 support; use bf16 on CPU")
         if engine_cfg.sync_batchnorm:
             module = convert_sync_batchnorm(module, info.device)
+        # channels-last *activations* only: DeepSpeed views parameters as flat bytes (broadcast, ZeRO
+        # buffers), which NHWC-strided weights break; convolutions follow the input's memory format.
         self.channels_last = bool(engine_cfg.channels_last)
-        if self.channels_last:
-            module = module.to(memory_format=torch.channels_last)
         config, make_scheduler = scheduler_factory(ds_config)
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=module, model_parameters=[p for p in module.parameters() if p.requires_grad], config=config,
