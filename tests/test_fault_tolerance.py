@@ -54,3 +54,14 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path):
     assert latest_checkpoint(tmp_path).name == "step_0000004"
     assert not list((tmp_path / "checkpoints").glob(f"{TMP_PREFIX}*"))
     assert [r["step"] for r in losses_without_timing(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_resume_on_fewer_ranks(tmp_path):
+    """A job of 2 ranks checkpoints; the same run continues as 1 rank (ZeRO 0, the bank re-sharded)."""
+    run = [*TINY, f"run_dir={tmp_path}", "train.stage1_steps=3", "train.checkpoint_every=3", "bank.size=256"]
+    finish(start_torchrun([*run, "train.stage2_steps=0"], free_port()))
+    finish(start_torchrun([*run, "train.stage2_steps=2", "train.resume=auto"], free_port(), nproc=1))
+    resumes = [json.loads(x) for x in (tmp_path / "resumes.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["world_size"]) for r in resumes] == [(3, 1)]
+    assert [r["stage"] for r in losses_without_timing(tmp_path)] == [1, 1, 1, 2, 2]
+    assert latest_checkpoint(tmp_path).name == "step_0000005"
