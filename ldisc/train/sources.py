@@ -18,9 +18,9 @@ def build_data_source(cfg: DictConfig, info: DistInfo):
     d, t = cfg.data, cfg.train
     seed, bs = int(cfg.seed), int(t.batch_size)
     if d.source == "synthetic":
-        return synthetic_pairs(d.modality, d.image_size, d.size, d.pool, bs, seed, info.rank, info.device)
+        return synthetic_pairs(d.modality, d.image_size, d.size, d.pool, bs, seed, info.rank)
     if d.source == "noise":
-        return noise_pairs(d.image_size, d.size, d.pool, bs, seed, info.rank, info.device)
+        return noise_pairs(d.image_size, d.size, d.pool, bs, seed, info.rank)
     if d.source == "shards":
         return _shard_source(cfg, info)
     raise ValueError(f"unknown data.source {d.source!r}; one of {SOURCES}")

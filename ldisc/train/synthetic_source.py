@@ -33,11 +33,13 @@ def noise_pool(image_size: int, pool: int, seed: int) -> torch.Tensor:
 
 
 class PairSource:
-    def __init__(self, images: torch.Tensor, view_size: int, batch_size: int, seed: int = 0, rank: int = 0,
-                 device: torch.device | str = "cpu"):
+    """Views are made on the CPU (their generator is a CPU ``torch.Generator``); the trainer moves the
+    batch to the accelerator."""
+
+    def __init__(self, images: torch.Tensor, view_size: int, batch_size: int, seed: int = 0, rank: int = 0):
         if len(images) < 2:
             raise ValueError(f"data.pool must be ≥ 2 images, got {len(images)}")
-        self.images = images.to(device)
+        self.images = images.cpu()
         self.view_cfg = ViewConfig(size=view_size)
         self.batch_size, self.seed, self.rank = batch_size, seed, rank
         self.step = 0
@@ -51,8 +53,7 @@ class PairSource:
         idx = torch.randperm(len(self.images), generator=gen)[: 2 * self.batch_size]
         if len(idx) < 2 * self.batch_size:   # small pool: sample with replacement
             idx = torch.randint(0, len(self.images), (2 * self.batch_size,), generator=gen)
-        batch = make_views_batch(self.images[idx[0::2].to(self.images.device)],
-                                 self.images[idx[1::2].to(self.images.device)], self.view_cfg, gen)
+        batch = make_views_batch(self.images[idx[0::2]], self.images[idx[1::2]], self.view_cfg, gen)
         batch["keys"] = [f"step{self.step}/rank{self.rank}/pool{int(i)}" for i in idx]
         self.step += 1
         return batch
@@ -65,12 +66,12 @@ class PairSource:
 
 
 def synthetic_pairs(modality: str, image_size: int, view_size: int, pool: int, batch_size: int,
-                        seed: int = 0, rank: int = 0, device: torch.device | str = "cpu") -> PairSource:
+                    seed: int = 0, rank: int = 0) -> PairSource:
     """Pairs from procedurally generated images (``data.source=synthetic``)."""
-    return PairSource(synth_pool(modality, image_size, pool, seed), view_size, batch_size, seed, rank, device)
+    return PairSource(synth_pool(modality, image_size, pool, seed), view_size, batch_size, seed, rank)
 
 
-def noise_pairs(image_size: int, view_size: int, pool: int, batch_size: int, seed: int = 0, rank: int = 0,
-                    device: torch.device | str = "cpu") -> PairSource:
+def noise_pairs(image_size: int, view_size: int, pool: int, batch_size: int, seed: int = 0,
+                rank: int = 0) -> PairSource:
     """Pairs from smooth random noise (``data.source=noise``): no generator cost, for tests and benches."""
-    return PairSource(noise_pool(image_size, pool, seed), view_size, batch_size, seed, rank, device)
+    return PairSource(noise_pool(image_size, pool, seed), view_size, batch_size, seed, rank)
