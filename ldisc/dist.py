@@ -10,6 +10,40 @@ import torch
 import torch.distributed as dist
 
 
+class _GatherRows(torch.autograd.Function):
+    """Concatenate every rank's rows; backward sums all ranks' gradients and keeps this rank's rows."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x, group=group)
+        ctx.group, ctx.rank, ctx.rows = group, dist.get_rank(group), x.shape[0]
+        return torch.cat(parts, 0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows], None
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """Sum over ranks; the gradient of a sum over ranks is the sum of the ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        out = x.detach().clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
 class Collective:
     """One process: gathering and reducing are identities."""
 
@@ -49,12 +83,10 @@ class ProcessGroupCollective(Collective):
         self.world_size = dist.get_world_size(group)
 
     def gather(self, x: torch.Tensor) -> torch.Tensor:
-        from torch.distributed.nn.functional import all_gather
-        return torch.cat(all_gather(x.contiguous(), group=self.group or dist.group.WORLD), 0)
+        return _GatherRows.apply(x.contiguous(), self.group)
 
     def all_reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
-        from torch.distributed.nn.functional import all_reduce
-        return all_reduce(x, group=self.group or dist.group.WORLD)
+        return _SumOverRanks.apply(x, self.group)
 
     def all_reduce_detached(self, x: torch.Tensor) -> torch.Tensor:
         y = x.detach().clone()
