@@ -47,14 +47,18 @@ class LocalStore:
         final.parent.mkdir(parents=True, exist_ok=True)
         return final.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex}-{final.name}"
 
-    def put_bytes(self, key: str, data: bytes) -> None:
-        final = self.path(key)
+    def _durable_temp(self, final: Path, data: bytes) -> Path:
+        """``data`` written and fsynced to a temporary file beside ``final``."""
         tmp = self._temp_beside(final)
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, final)
+        return tmp
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        final = self.path(key)
+        os.replace(self._durable_temp(final, data), final)
 
     def put_file(self, key: str, local_path: str | os.PathLike) -> None:
         """Move/copy a finished local file into place atomically."""
@@ -69,11 +73,7 @@ class LocalStore:
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         final = self.path(key)
-        tmp = self._temp_beside(final)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp = self._durable_temp(final, data)
         try:
             os.link(tmp, final)  # atomic and exclusive: fails if the key exists
             return True

@@ -46,6 +46,13 @@ def _drop_excluded(tile: torch.Tensor, exclude: torch.Tensor | None, rows: slice
     return tile
 
 
+def _tile_exp(qa: torch.Tensor, ka: torch.Tensor, rows: slice, cols: slice, exclude: torch.Tensor | None,
+              clamp: bool = False) -> torch.Tensor:
+    """exp(s − shift) of one tile from augmented operands, excluded keys zeroed (p < 1 if ``clamp``)."""
+    e = (qa[rows] @ ka[cols].t()).exp_()
+    return _drop_excluded(e.clamp_(max=_LOG1M_CLAMP) if clamp else e, exclude, rows, cols)
+
+
 def _exact_lse(q: torch.Tensor, keys: torch.Tensor, tau: float, exclude: torch.Tensor | None) -> torch.Tensor:
     """Row-wise log-sum-exp with an exact maximum (rare fallback for rows whose shifted sum underflows)."""
     s = q @ keys.t() / tau
@@ -71,7 +78,7 @@ class KeyLogSumExp(torch.autograd.Function):
         sum_exp = q.new_zeros(n)
         qa, ka = _augment(q, keys, tau, shift)
         for rows, cols in _tiles(n, m, chunk):
-            sum_exp[rows] += _drop_excluded((qa[rows] @ ka[cols].t()).exp_(), exclude, rows, cols).sum(1)
+            sum_exp[rows] += _tile_exp(qa, ka, rows, cols, exclude).sum(1)
         lse = torch.log(sum_exp) + shift
         lost = (sum_exp < 1e-30) & torch.isfinite(shift)
         if lost.any():
@@ -91,7 +98,7 @@ class KeyLogSumExp(torch.autograd.Function):
         grad_keys = torch.zeros_like(keys) if ctx.needs_input_grad[1] else None
         qa, ka = _augment(q, keys, tau, lse)
         for rows, cols in _tiles(q.shape[0], keys.shape[0], chunk):
-            p = _drop_excluded((qa[rows] @ ka[cols].t()).exp_(), exclude, rows, cols)
+            p = _tile_exp(qa, ka, rows, cols, exclude)
             softmax_keys[rows] += p @ keys[cols]
             if grad_keys is not None:
                 grad_keys[cols] += p.mul_(grad_lse[rows, None]).t() @ q[rows] / tau
@@ -108,7 +115,7 @@ class KeyLog1mSum(torch.autograd.Function):
         total = q.new_zeros(q.shape[0])
         qa, ka = _augment(q, keys, tau, log_z)
         for rows, cols in _tiles(q.shape[0], keys.shape[0], chunk):
-            p = _drop_excluded((qa[rows] @ ka[cols].t()).exp_().clamp_(max=_LOG1M_CLAMP), exclude, rows, cols)
+            p = _tile_exp(qa, ka, rows, cols, exclude, clamp=True)
             total[rows] += p.neg_().log1p_().sum(1)
         total = _all_reduce(total, group)
         ctx.save_for_backward(q, keys, log_z, exclude)
@@ -125,7 +132,7 @@ class KeyLog1mSum(torch.autograd.Function):
         grad_keys = torch.zeros_like(keys) if ctx.needs_input_grad[1] else None
         qa, ka = _augment(q, keys, tau, log_z)
         for rows, cols in _tiles(n, keys.shape[0], chunk):
-            p = _drop_excluded((qa[rows] @ ka[cols].t()).exp_().clamp_(max=_LOG1M_CLAMP), exclude, rows, cols)
+            p = _tile_exp(qa, ka, rows, cols, exclude, clamp=True)
             r = p.div_(torch.rsub(p, 1.0))
             packed[rows, :d] += r @ keys[cols]
             packed[rows, d] += r.sum(1)
