@@ -7,6 +7,8 @@ import resource
 import subprocess
 import sys
 
+from launcher.local import CPU_MALLOC_ENV as MALLOC_KEEP  # noqa: F401  (re-exported for the benches)
+
 
 def rss_bytes() -> int:
     """Current resident set size of this process."""
@@ -18,9 +20,11 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_isolated(script: str, *args: str, threads: int = 2, timeout: int = 900) -> dict:
+
+
+def run_isolated(script: str, *args: str, threads: int = 2, timeout: int = 900, env: dict | None = None) -> dict:
     """Run ``python script args`` with ``threads`` intra-op threads; it prints one JSON object."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), **(env or {}))
     out = subprocess.run([sys.executable, script, *args], env=env, capture_output=True, text=True,
                          timeout=timeout)
     if out.returncode != 0:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import peak_rss_bytes, run_isolated  # noqa: E402
+from _measure import MALLOC_KEEP, peak_rss_bytes, run_isolated  # noqa: E402
 
 # The authors' code on this CPU class (shared/NOTES-cpu-stack.md), full-width VGG16, 2 threads.
 AUTHORS_REFERENCE = {"stage1_448_b4_seconds": 14.2, "stage2_448_b4": "does not fit in 24 GiB",
@@ -116,13 +116,16 @@ def main() -> None:
                           "width": args.width, "fp32": fp32, "bf16": bf16,
                           "bf16_speedup": round(fp32["seconds_per_step"] / bf16["seconds_per_step"], 3)}))
         return
-    run = lambda *a: run_isolated(__file__, "--one", *map(str, a), "--width", args.width,  # noqa: E731
-                                  "--steps", str(args.steps), threads=args.threads)
+    run = lambda *a, env=None: run_isolated(__file__, "--one", *map(str, a), "--width", args.width,  # noqa: E731
+                                            "--steps", str(args.steps), threads=args.threads, env=env)
     headline = run(448, 4, 2, 0)
+    kept = run(448, 4, 2, 0, env=MALLOC_KEEP)
     ours_224, naive_224 = run(224, 4, 2, 0), run(224, 4, 2, 1)
     print(json.dumps({
         "bench": "step", "stage": 2, "size": 448, "batch": 4, "images_per_step": 20, "threads": args.threads,
         "width": args.width, **headline,
+        "with_malloc_keep": {**kept, "env": MALLOC_KEEP,
+                             "speedup": round(headline["seconds_per_step"] / kept["seconds_per_step"], 3)},
         "same_run_baseline_224px": {"ours": ours_224, "authors_formulation": naive_224,
                                     "time_ratio": round(ours_224["seconds_per_step"] / naive_224["seconds_per_step"], 3),
                                     "memory_ratio": round(ours_224["peak_rss_gb"] / naive_224["peak_rss_gb"], 3)},
