@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from _data_fixtures import PYTHON, REPO, cli_env, free_port, gray_image, run_cli, write_image
 from ldisc.data import latest_version, open_store, read_manifest
@@ -124,3 +125,22 @@ def test_s3_ingest_verify_and_concurrent_optimistic_commits(tmp_path, s3_endpoin
         assert s3_store.get_bytes(key) == open_store(local).get_bytes(key)
     # a version object can only be created once (the commit primitive)
     assert not s3_store.put_if_absent("manifest/v00000001.json", b"{}")
+
+
+def test_loader_streams_from_s3_like_from_a_local_copy(tmp_path, s3_endpoint):
+    """The training stream reads an S3 dataset (ranged GETs) and yields what the local copy yields."""
+    from ldisc.data import StreamLoader
+    from ldisc.views import ViewConfig
+
+    src = make_source(tmp_path / "src", range(0, 10))
+    env = cli_env(**s3_endpoint)
+    url, local = "s3://ldisc-test/stream", str(tmp_path / "local")
+    run_cli(*ingest_args(src, url, tmp_path, "s3"), env=env)
+    run_cli(*ingest_args(src, local, tmp_path, "loc"))
+    remote = StreamLoader(url, batch_size=2, seed=1, world_size=1, rank=0, view_config=ViewConfig(size=16))
+    copy = StreamLoader(local, batch_size=2, seed=1, world_size=1, rank=0, view_config=ViewConfig(size=16))
+    got, want = list(remote), list(copy)
+    assert len(got) == len(want) == 2
+    for a, b in zip(got, want):
+        assert a["sample_ids"] == b["sample_ids"]
+        assert torch.equal(a["x1_1"], b["x1_1"]) and torch.equal(a["mix"], b["mix"])
