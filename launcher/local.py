@@ -43,7 +43,7 @@ def torchrun_command(spec: TorchrunSpec, overrides: list[str], python: str = sys
 
 
 # glibc: keep freed large blocks instead of unmapping them. Read only at process start (mallopt later
-# has no effect); 2.55x faster stage-2 steps at 448 px on CPU for ~40% more peak RSS (bench/step.py).
+# has no effect); 2.5-2.7x faster stage-2 steps at 448 px on CPU for ~45% more peak RSS (bench/step.py).
 CPU_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD_": str(1 << 34),
                   "MALLOC_TOP_PAD_": str(1 << 30)}
 

@@ -25,7 +25,9 @@ from pathlib import Path
 def _run(title: str, args: list[str], env: dict | None = None) -> None:
     print(f"\n=== {title}\n$ {' '.join(args)}", flush=True)
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", *args], env={**os.environ, **(env or {})})
+    from launcher.local import CPU_MALLOC_ENV
+
+    proc = subprocess.run([sys.executable, "-m", *args], env={**CPU_MALLOC_ENV, **os.environ, **(env or {})})
     if proc.returncode != 0:
         raise SystemExit(f"demo step '{title}' failed with exit code {proc.returncode}")
     print(f"--- {title}: {time.perf_counter() - started:.1f} s", flush=True)
