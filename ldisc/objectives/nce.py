@@ -10,10 +10,9 @@ For L2-normalised queries q_i, keys x_j, s_ij = q_i·x_j / τ and positive index
 Scores are processed in cache-sized tiles (rows × key columns): no N×N matrix ever exists, forward
 or backward; the backward pass recomputes each tile and applies the analytic gradient. With
 ``detach_keys`` (the authors' default: their key side is taken with ``.data``) gradients reach the
-queries only. The two building blocks — a log-sum-exp over keys and a sum of log(1 − p) over keys —
-take an optional process group: then each rank holds a shard of the keys, forward statistics and
-backward partial sums are combined with one all-reduce each, and nothing key-sized is gathered.
-That is how the distributed memory bank enters the same criterion.
+queries only. Negatives beyond the batch — the distributed memory bank, sharded over ranks — enter
+the same denominator through :class:`ExtraNegatives` (see :mod:`ldisc.objectives.key_terms`: forward
+statistics and backward partial sums all-reduced, nothing key-sized gathered).
 """
 from __future__ import annotations
 
@@ -24,12 +23,6 @@ from ldisc.objectives.key_terms import ShardedKeyTerms, _augment, _tiles
 
 DEFAULT_CHUNK = 1024
 _LOG1M_CLAMP = 1 - 1e-7
-
-
-def _all_reduce(t: torch.Tensor, group, op=None) -> torch.Tensor:
-    if group is not None:
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM, group=group)
-    return t
 
 
 def _drop_excluded(tile: torch.Tensor, exclude: torch.Tensor | None, rows: slice, cols: slice) -> torch.Tensor:
@@ -64,14 +57,14 @@ def _exact_lse(q: torch.Tensor, keys: torch.Tensor, tau: float, exclude: torch.T
 
 
 class KeyLogSumExp(torch.autograd.Function):
-    """lse_i = log Σ_j exp(q_i·x_j/τ) over keys x (excluding ``exclude[i]``), over all ranks of ``group``.
+    """lse_i = log Σ_j exp(q_i·x_j/τ) over keys x (excluding ``exclude[i]``).
 
     Scores are shifted by the Cauchy–Schwarz bound |q_i| max_j |x_j| / τ inside the matmul (no max
     pass) and processed in cache-sized tiles; rows whose shifted sum underflows are redone exactly.
     """
 
     @staticmethod
-    def forward(ctx, q, keys, tau, exclude, chunk, group):
+    def forward(ctx, q, keys, tau, exclude, chunk):
         n, m = q.shape[0], keys.shape[0]
         key_norm = keys.norm(dim=1).amax() if m else q.new_tensor(float("-inf"))
         shift = q.norm(dim=1) * key_norm / tau
@@ -83,17 +76,14 @@ class KeyLogSumExp(torch.autograd.Function):
         lost = (sum_exp < 1e-30) & torch.isfinite(shift)
         if lost.any():
             lse[lost] = _exact_lse(q[lost], keys, tau, None if exclude is None else exclude[lost])
-        if group is not None:
-            top = _all_reduce(torch.nan_to_num(lse, neginf=-1e30).clone(), group, dist.ReduceOp.MAX)
-            lse = torch.log(_all_reduce(torch.exp(lse - top), group)) + top
         ctx.save_for_backward(q, keys, exclude, lse)
-        ctx.tau, ctx.chunk, ctx.group = tau, chunk, group
+        ctx.tau, ctx.chunk = tau, chunk
         return lse
 
     @staticmethod
     def backward(ctx, grad_lse):
         q, keys, exclude, lse = ctx.saved_tensors
-        tau, chunk, group = ctx.tau, ctx.chunk, ctx.group
+        tau, chunk = ctx.tau, ctx.chunk
         softmax_keys = torch.zeros_like(q)                  # Σ_j p_ij x_j  (p = softmax over keys)
         grad_keys = torch.zeros_like(keys) if ctx.needs_input_grad[1] else None
         qa, ka = _augment(q, keys, tau, lse)
@@ -102,30 +92,28 @@ class KeyLogSumExp(torch.autograd.Function):
             softmax_keys[rows] += p @ keys[cols]
             if grad_keys is not None:
                 grad_keys[cols] += p.mul_(grad_lse[rows, None]).t() @ q[rows] / tau
-        softmax_keys = _all_reduce(softmax_keys, group)
         grad_q = grad_lse[:, None] * softmax_keys / tau if ctx.needs_input_grad[0] else None
-        return grad_q, grad_keys, None, None, None, None
+        return grad_q, grad_keys, None, None, None
 
 
 class KeyLog1mSum(torch.autograd.Function):
-    """t_i = Σ_j log(1 − exp(q_i·x_j/τ − log Z_i)) over keys x (excluding ``exclude[i, :]``), all ranks."""
+    """t_i = Σ_j log(1 − exp(q_i·x_j/τ − log Z_i)) over keys x (excluding ``exclude[i, :]``)."""
 
     @staticmethod
-    def forward(ctx, q, keys, log_z, tau, exclude, chunk, group):
+    def forward(ctx, q, keys, log_z, tau, exclude, chunk):
         total = q.new_zeros(q.shape[0])
         qa, ka = _augment(q, keys, tau, log_z)
         for rows, cols in _tiles(q.shape[0], keys.shape[0], chunk):
             p = _tile_exp(qa, ka, rows, cols, exclude, clamp=True)
             total[rows] += p.neg_().log1p_().sum(1)
-        total = _all_reduce(total, group)
         ctx.save_for_backward(q, keys, log_z, exclude)
-        ctx.tau, ctx.chunk, ctx.group = tau, chunk, group
+        ctx.tau, ctx.chunk = tau, chunk
         return total
 
     @staticmethod
     def backward(ctx, grad_t):
         q, keys, log_z, exclude = ctx.saved_tensors
-        tau, chunk, group = ctx.tau, ctx.chunk, ctx.group
+        tau, chunk = ctx.tau, ctx.chunk
         n, d = q.shape
         # packed partial sums: [Σ_j r_ij x_j | Σ_j r_ij] with r = p / (1 − p)
         packed = q.new_zeros(n, d + 1)
@@ -138,10 +126,9 @@ class KeyLog1mSum(torch.autograd.Function):
             packed[rows, d] += r.sum(1)
             if grad_keys is not None:
                 grad_keys[cols] -= r.mul_(grad_t[rows, None]).t() @ q[rows] / tau
-        packed = _all_reduce(packed, group)
         grad_q = -grad_t[:, None] * packed[:, :d] / tau if ctx.needs_input_grad[0] else None
         grad_log_z = grad_t * packed[:, d] if ctx.needs_input_grad[2] else None
-        return grad_q, grad_keys, grad_log_z, None, None, None, None
+        return grad_q, grad_keys, grad_log_z, None, None, None
 
 
 class ExtraNegatives:
@@ -152,12 +139,6 @@ class ExtraNegatives:
 
     def __init__(self, keys: torch.Tensor, group=None, chunk: int = DEFAULT_CHUNK):
         self.keys, self.group, self.chunk = keys.detach(), group, chunk
-
-    def logsumexp(self, q: torch.Tensor, tau: float) -> torch.Tensor:
-        return KeyLogSumExp.apply(q, self.keys, tau, None, self.chunk, self.group)
-
-    def log1m_sum(self, q: torch.Tensor, log_z: torch.Tensor, tau: float) -> torch.Tensor:
-        return KeyLog1mSum.apply(q, self.keys, log_z, tau, None, self.chunk, self.group)
 
     def terms(self, q: torch.Tensor, log_z_batch: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(log Z with these negatives added, Σ log(1 − p) over them) in one pass: see ``key_terms``."""
@@ -183,30 +164,27 @@ def instance_nce(queries: torch.Tensor, keys: torch.Tensor, self_index: torch.Te
     if detach_keys:
         keys = keys.detach()
     positive = (queries * keys[pos_index]).sum(1) / tau
-    log_z = KeyLogSumExp.apply(queries, keys, tau, self_index, chunk, None)
+    log_z = KeyLogSumExp.apply(queries, keys, tau, self_index, chunk)
     extra_log1m = 0.0
     if extra is not None:
         all_q, rows = extra_queries if extra_queries is not None else (queries, slice(None))
-        batch_log_z = torch.zeros(all_q.shape[0], dtype=log_z.dtype, device=log_z.device)
-        batch_log_z = batch_log_z.index_put((torch.arange(all_q.shape[0], device=log_z.device)[rows],), log_z)
-        if extra_queries is not None:  # other ranks' rows: their log Z, detached (they own those losses)
-            batch_log_z = _fill_other_rows(batch_log_z, extra.group, rows)
+        batch_log_z = log_z if extra_queries is None else _every_ranks_rows(log_z, extra.group, rows, len(all_q))
         full_log_z, extra_log1m = extra.terms(all_q, batch_log_z, tau)
         log_z, extra_log1m = full_log_z[rows], extra_log1m[rows]
     excluded = torch.stack([self_index, pos_index], 1)
-    batch_log1m = KeyLog1mSum.apply(queries, keys, log_z, tau, excluded, chunk, None)
+    batch_log1m = KeyLog1mSum.apply(queries, keys, log_z, tau, excluded, chunk)
     return -(positive - log_z) - batch_log1m - extra_log1m
 
 
-def _fill_other_rows(full: torch.Tensor, group, rows: slice) -> torch.Tensor:
-    """Sum-all-reduce a detached copy so every rank sees every row's log Z; keep the local grad path."""
+def _every_ranks_rows(local: torch.Tensor, group, rows: slice, n: int) -> torch.Tensor:
+    """All ``n`` rows: this rank's ``local`` rows (keeping their gradient) and, detached, every other
+    rank's (they own those losses), exchanged with one sum all-reduce."""
     if group is None:
-        return full
-    gathered = full.detach().clone()
-    dist.all_reduce(gathered, group=group)
-    mask = torch.zeros_like(full, dtype=torch.bool)
-    mask[rows] = True
-    return torch.where(mask, full, gathered)
+        return local
+    everyone = local.new_zeros(n)
+    everyone[rows] = local.detach()
+    dist.all_reduce(everyone, group=group)
+    return torch.cat([everyone[:rows.start], local, everyone[rows.stop:]])
 
 
 def authors_nce(x: torch.Tensor, tau: float = 0.1, detach_keys: bool = True) -> torch.Tensor:

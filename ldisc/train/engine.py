@@ -73,11 +73,6 @@ class Engine:
         self.ds.step()
 
     @property
-    def at_boundary(self) -> bool:
-        """True when the next ``step()`` updates the weights (last micro-batch of accumulation)."""
-        return self.ds.is_gradient_accumulation_boundary()
-
-    @property
     def lr(self) -> float:
         return float(self.ds.get_lr()[0])
 
