@@ -8,12 +8,7 @@ import subprocess
 import sys
 
 from launcher.local import CPU_MALLOC_ENV as MALLOC_KEEP  # noqa: F401  (re-exported for the benches)
-
-
-def rss_bytes() -> int:
-    """Current resident set size of this process."""
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+from ldisc.train.metrics import current_rss_bytes as rss_bytes  # noqa: F401  (re-exported)
 
 
 def peak_rss_bytes() -> int:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from ldisc.train.env import free_port  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
@@ -140,11 +141,6 @@ def make_corrupt_corpus(root: Path, outside: Path) -> tuple[dict[str, str], list
     os.symlink((outside / "secret.png").resolve(), root / "bad/escape.png"); bad["bad/escape.png"] = "unsafe_path"
     return bad, good
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read_dataset_bytes(root: Path) -> bytes:

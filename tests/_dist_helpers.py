@@ -11,7 +11,6 @@ after all work is done (see NOTES-cpu-stack.md). A failing rank's traceback is r
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -22,14 +21,10 @@ from typing import Any, Callable
 import torch
 import torch.multiprocessing as mp
 
+from ldisc.train.env import free_port  # noqa: F401  (re-exported for the tests)
+
 _LOOPBACK = "lo"
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _init_env(rank: int, world_size: int, port: int) -> None:

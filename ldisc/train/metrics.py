@@ -49,7 +49,7 @@ class TrainMetrics:
         for name, value in terms.items():
             self.loss.labels(rk, name).set(value)
         self.max_rss.labels(rk).set(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-        self.rss.labels(rk).set(_current_rss())
+        self.rss.labels(rk).set(current_rss_bytes())
 
     def set_bank_fill(self, ratio: float) -> None:
         self.bank_fill.labels(self.rank).set(ratio)
@@ -68,7 +68,8 @@ class TrainMetrics:
         self._server = None
 
 
-def _current_rss() -> int:
+def current_rss_bytes() -> int:
+    """Resident set size of this process now (peak RSS where /proc is missing)."""
     try:
         with open("/proc/self/statm") as fh:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
