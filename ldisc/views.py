@@ -6,11 +6,17 @@ For each image x of a pair (x1, x2):
    (p = 0.5 each), rotation θ ~ U(−180°, 180°), random resized crop to ``size`` with area scale
    in (0.9, 1) and aspect ratio in (3/4, 4/3);
 2. two *photometric* views: rotation φ ~ U(−2°, 2°), colour jitter (brightness, contrast,
-   saturation 0.4, hue 0.02; applied in that order), grayscale with p = 0.2;
-3. the second view additionally gets a horizontal flip (p = 0.5) and ``rot90`` by k ∈ {0..3}:
-   together the 8 elements of the dihedral group, kept as (flip, rot) to undo them on features.
+   saturation 0.4, hue 0.02; applied in that order), grayscale with p = 0.2 (on a 1-channel X-ray
+   only brightness and contrast change anything);
+3. the second view additionally gets a flip and ``rot90`` by k ∈ {0..3}, kept as (flip, rot) to undo
+   them on features. ``second_view``: ``rotations`` (default, the authors'): ``flip(dims=(H, W))``
+   with p = 0.5, a 180° turn, so only the four rotations occur, never a mirror image;
+   ``dihedral``: a horizontal mirror with p = 0.5, all 8 elements of the dihedral group. The flip
+   code in the batch says which: 0 none, 1 horizontal mirror, 2 flip of both axes.
 
-The mixup image is w·x1_1 + (1 − w)·x2_1 with w ~ U(0.2, 0.8). Everything is ImageNet-normalised.
+The mixup image is w·x1_1 + (1 − w)·x2_1 with w ~ U(0.2, 0.8). Inputs are normalised per modality
+(:func:`input_normalization`, the one owner of those constants): fundus RGB with ImageNet mean/std,
+X-ray 1 channel as (x − 0.5)/0.5.
 
 All random numbers come from one ``torch.Generator`` on the CPU, so the views are a pure function of
 the seed on any device. The geometry (flip ∘ rotation ∘ crop ∘ small rotation) is one affine map per
@@ -30,6 +36,9 @@ from PIL import Image
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 VIEW_KEYS = ("x1_1", "x1_2", "x2_1", "x2_2", "mix")
+# modality → (input channels, mean, std): the network's input contract, for pretraining and downstream
+INPUT_NORMALIZATION = {"fundus": (3, IMAGENET_MEAN, IMAGENET_STD), "xray": (1, (0.5,), (0.5,))}
+SECOND_VIEWS = {"rotations": 2, "dihedral": 1}     # second-view set → its flip code (see module doc)
 _LUMA = (0.299, 0.587, 0.114)
 
 
@@ -48,6 +57,28 @@ class ViewConfig:
     grayscale_p: float = 0.2
     second_flip_p: float = 0.5
     mix_range: tuple[float, float] = (0.2, 0.8)
+    second_view: str = "rotations"   # rotations (the authors': 4 turns) | dihedral (8, with mirrors)
+    modality: str = "fundus"         # fundus (RGB, ImageNet stats) | xray (1 channel, (x − 0.5)/0.5)
+
+    def __post_init__(self):
+        if self.second_view not in SECOND_VIEWS:
+            raise ValueError(f"unknown views.second_view {self.second_view!r}; one of {sorted(SECOND_VIEWS)}")
+        input_normalization(self.modality)
+
+
+def view_config(cfg) -> ViewConfig:
+    """The :class:`ViewConfig` of a composed ``ldisc-pretrain`` config: ``data.size``, ``data.modality``,
+    ``views.second_view``."""
+    d, v = cfg.data, cfg.get("views") or {}
+    return ViewConfig(size=int(d.size), modality=str(d.get("modality", "fundus")),
+                      second_view=str(v.get("second_view", "rotations")))
+
+
+def input_normalization(modality: str) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """(channels, mean, std) of the network input for ``modality`` (fundus | xray)."""
+    if modality not in INPUT_NORMALIZATION:
+        raise ValueError(f"unknown modality {modality!r}; one of {sorted(INPUT_NORMALIZATION)}")
+    return INPUT_NORMALIZATION[modality]
 
 
 def _uniform(gen: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
@@ -107,6 +138,8 @@ def _grid(affine: torch.Tensor, angle: torch.Tensor, in_hw: tuple[int, int], siz
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x
     r, g, b = x.unbind(1)
     return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
 
@@ -138,33 +171,35 @@ def _jitter(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
     mean = _gray(x).mean((1, 2, 3), keepdim=True)
     x = (col(p["contrast"]) * x + (1 - col(p["contrast"])) * mean).clamp(0, 1)
     x = (col(p["saturation"]) * x + (1 - col(p["saturation"])) * _gray(x)).clamp(0, 1)
-    x = _shift_hue(x, p["hue"].to(dev, torch.float32))
+    if x.shape[1] == 3:
+        x = _shift_hue(x, p["hue"].to(dev, torch.float32))
     gray = p["gray"].to(dev).view(-1, 1, 1, 1)
     return torch.where(gray, _gray(x).expand_as(x), x)
 
 
-def apply_dihedral(x: torch.Tensor, flip: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
-    """x' = rot90(hflip^flip(x), k) per sample, on the last two dims (square maps)."""
+def _flip(x: torch.Tensor, code: int) -> torch.Tensor:
+    """Flip code 0: none; 1: horizontal mirror; 2: both axes (a 180° turn)."""
+    return x.flip(-1) if code == 1 else x.flip(-2, -1) if code == 2 else x
+
+
+def _per_transform(x: torch.Tensor, flip: torch.Tensor, rot: torch.Tensor, one) -> torch.Tensor:
     out = torch.empty_like(x)
-    for f in (0, 1):
+    for f in (0, 1, 2):
         for k in range(4):
             sel = ((flip == f) & (rot == k)).nonzero().flatten().to(x.device)
             if sel.numel():
-                y = x[sel].flip(-1) if f else x[sel]
-                out[sel] = torch.rot90(y, k, dims=(-2, -1))
+                out[sel] = one(x[sel], f, k)
     return out
+
+
+def apply_dihedral(x: torch.Tensor, flip: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """x' = rot90(flip_f(x), k) per sample, on the last two dims (square maps); f: flip code."""
+    return _per_transform(x, flip, rot, lambda y, f, k: torch.rot90(_flip(y, f), k, dims=(-2, -1)))
 
 
 def undo_dihedral(x: torch.Tensor, flip: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`apply_dihedral`: hflip^flip(rot90(x, −k))."""
-    out = torch.empty_like(x)
-    for f in (0, 1):
-        for k in range(4):
-            sel = ((flip == f) & (rot == k)).nonzero().flatten().to(x.device)
-            if sel.numel():
-                y = torch.rot90(x[sel], -k, dims=(-2, -1))
-                out[sel] = y.flip(-1) if f else y
-    return out
+    """Inverse of :func:`apply_dihedral`: flip_f(rot90(x, −k)) (every flip is its own inverse)."""
+    return _per_transform(x, flip, rot, lambda y, f, k: _flip(torch.rot90(y, -k, dims=(-2, -1)), f))
 
 
 def _two_views(x: torch.Tensor, cfg: ViewConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,17 +215,33 @@ def _two_views(x: torch.Tensor, cfg: ViewConfig, gen: torch.Generator) -> tuple[
     return views[0], views[1]
 
 
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """(B, C, H, W) in [0, 1] → ``channels`` (1: luma of RGB; 3: gray replicated)."""
+    if x.shape[1] == channels:
+        return x
+    if channels == 1 and x.shape[1] == 3:
+        return _gray(x)
+    if channels == 3 and x.shape[1] == 1:
+        return x.expand(-1, 3, -1, -1)
+    raise ValueError(f"cannot turn {x.shape[1]}-channel images into {channels}-channel ones")
+
+
+def normalize(x: torch.Tensor, modality: str = "fundus") -> torch.Tensor:
+    """(x − mean) / std of :func:`input_normalization` (``x`` already has the modality's channels)."""
+    c, mean, std = input_normalization(modality)
+    mean = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, c, 1, 1)
+    std = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, c, 1, 1)
     return (x - mean) / std
 
 
 def make_views_batch(x1: torch.Tensor, x2: torch.Tensor, cfg: ViewConfig,
                      generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Batched views of image pairs. x1, x2: (B, 3, H, W) floats in [0, 1], any device."""
-    if x1.ndim != 4 or x1.shape[1] != 3 or x2.ndim != 4 or x2.shape[1] != 3:
-        raise ValueError(f"expected (B, 3, H, W) images, got {tuple(x1.shape)} and {tuple(x2.shape)}")
+    """Batched views of image pairs. x1, x2: (B, 3 or 1, H, W) floats in [0, 1], any device; the views
+    have the channels of ``cfg.modality``."""
+    if x1.ndim != 4 or x1.shape[1] not in (1, 3) or x2.ndim != 4 or x2.shape[1] not in (1, 3):
+        raise ValueError(f"expected (B, 3, H, W) or (B, 1, H, W) images, got {tuple(x1.shape)} and {tuple(x2.shape)}")
+    channels = input_normalization(cfg.modality)[0]
+    x1, x2 = to_channels(x1, channels), to_channels(x2, channels)
     x1_1, x1_2 = _two_views(x1, cfg, generator)
     x2_1, x2_2 = _two_views(x2, cfg, generator)
     return _finish_pair(x1_1, x1_2, x2_1, x2_2, cfg, generator)
@@ -208,7 +259,8 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
 def make_views(img_a: Image.Image, img_b: Image.Image, cfg: ViewConfig,
                generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Views of one pair of PIL images (any sizes, any modes); unbatched tensors."""
-    a, b = pil_to_tensor(img_a)[None], pil_to_tensor(img_b)[None]
+    channels = input_normalization(cfg.modality)[0]
+    a, b = to_channels(pil_to_tensor(img_a)[None], channels), to_channels(pil_to_tensor(img_b)[None], channels)
     x1_1, x1_2 = _two_views(a, cfg, generator)
     x2_1, x2_2 = _two_views(b, cfg, generator)
     return {k: v[0] for k, v in _finish_pair(x1_1, x1_2, x2_1, x2_2, cfg, generator).items()}
@@ -218,16 +270,17 @@ def _finish_pair(x1_1: torch.Tensor, x1_2: torch.Tensor, x2_1: torch.Tensor, x2_
                  cfg: ViewConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Second-view flip/rot90, mixup and normalisation of a batch of first/second views."""
     n = x1_1.shape[0]
-    flip1 = _bernoulli(generator, n, cfg.second_flip_p).long()
+    code = SECOND_VIEWS[cfg.second_view]
+    flip1 = code * _bernoulli(generator, n, cfg.second_flip_p).long()
     rot1 = torch.randint(0, 4, (n,), generator=generator)
-    flip2 = _bernoulli(generator, n, cfg.second_flip_p).long()
+    flip2 = code * _bernoulli(generator, n, cfg.second_flip_p).long()
     rot2 = torch.randint(0, 4, (n,), generator=generator)
     mix_w = _uniform(generator, n, *cfg.mix_range).float()
     x1_2 = apply_dihedral(x1_2, flip1, rot1)
     x2_2 = apply_dihedral(x2_2, flip2, rot2)
     w = mix_w.to(x1_1.device).view(-1, 1, 1, 1)
     mix = w * x1_1 + (1 - w) * x2_1
-    out = {k: normalize(v) for k, v in zip(VIEW_KEYS, (x1_1, x1_2, x2_1, x2_2, mix))}
+    out = {k: normalize(v, cfg.modality) for k, v in zip(VIEW_KEYS, (x1_1, x1_2, x2_1, x2_2, mix))}
     out.update(flip1=flip1, rot1=rot1, flip2=flip2, rot2=rot2, mix_w=mix_w)
     return out
 

@@ -5,10 +5,11 @@ import torch
 from ldisc.objectives.patches import grid_vectors, patch_grid, undo_dihedral_grid
 from ldisc.views import apply_dihedral, undo_dihedral
 
-CASES = [(f, k) for f in (0, 1) for k in range(4)]
+CASES = [(f, k) for f in (0, 1) for k in range(4)]            # the dihedral set (flip code 1: mirror)
+ROTATIONS = [(f, k) for f in (0, 2) for k in range(4)]        # the authors' set (flip code 2: both axes)
 
 
-@pytest.mark.parametrize("flip,rot", CASES)
+@pytest.mark.parametrize("flip,rot", CASES + ROTATIONS[4:])
 def test_undo_maps_every_patch_back(flip, rot):
     grid = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
     f, r = torch.tensor([flip, flip]), torch.tensor([rot, rot])

@@ -9,10 +9,11 @@ from ldisc.dist import Collective
 from ldisc.objectives.region import cluster_centres, entropy_loss, region_features, region_loss
 
 
-def test_entropy_zero_for_crisp_and_log2_for_half():
+def test_entropy_zero_for_crisp_and_one_bit_for_half():
     crisp = F.one_hot(torch.randint(0, 4, (2, 8, 8)), 4).permute(0, 3, 1, 2).float()
     assert entropy_loss(crisp).item() == pytest.approx(0.0, abs=1e-4)
-    assert entropy_loss(torch.full((1, 2, 4, 4), 0.5)).item() == pytest.approx(math.log(2), rel=1e-6)
+    assert entropy_loss(torch.full((1, 2, 4, 4), 0.5)).item() == pytest.approx(1.0, rel=1e-6)           # bits
+    assert entropy_loss(torch.full((1, 2, 4, 4), 0.5), math.e).item() == pytest.approx(math.log(2), rel=1e-6)
 
 
 def test_entropy_gradient_pushes_masks_to_be_crisp():

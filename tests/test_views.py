@@ -37,10 +37,11 @@ def test_mixup_is_convex_combination_of_first_views():
     torch.testing.assert_close(_denorm(v["mix"]), w * _denorm(v["x1_1"]) + (1 - w) * _denorm(v["x2_1"]))
 
 
-def test_second_view_is_dihedral_copy_when_photometric_is_off():
+@pytest.mark.parametrize("second_view", ["rotations", "dihedral"])
+def test_second_view_is_dihedral_copy_when_photometric_is_off(second_view):
     """With no jitter and no small rotation, undoing (flip, rot) of x·_2 gives x·_1 back."""
     cfg = ViewConfig(size=32, view_rotation_deg=0, brightness=0, contrast=0, saturation=0, hue=0,
-                     grayscale_p=0)
+                     grayscale_p=0, second_view=second_view)
     x = torch.rand(6, 3, 40, 40)
     v = make_views_batch(x, x.flip(0), cfg, torch.Generator().manual_seed(1))
     torch.testing.assert_close(undo_dihedral(v["x1_2"], v["flip1"], v["rot1"]), v["x1_1"], atol=1e-5, rtol=0)
@@ -74,4 +75,4 @@ def test_collate_and_bad_input():
     with pytest.raises(ValueError):
         collate_views([])
     with pytest.raises(ValueError):
-        make_views_batch(torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8), cfg, torch.Generator())
+        make_views_batch(torch.rand(2, 2, 8, 8), torch.rand(2, 2, 8, 8), cfg, torch.Generator())

@@ -98,14 +98,14 @@ class StreamLoader:
         """From a composed ``ldisc-pretrain`` config: ``data`` group (shards.yaml), ``train.batch_size``, ``seed``."""
         from omegaconf import OmegaConf
 
-        from ldisc.views import ViewConfig
+        from ldisc.views import view_config
 
         d = cfg.data
         weights = OmegaConf.to_container(d.weights) if d.get("weights") else None
         return cls(str(d.dataset), int(cfg.train.batch_size), seed=int(cfg.seed), version=d.get("version", "latest"),
                    weights=weights, epoch_samples=d.get("epoch_samples"), shuffle_window=int(d.shuffle_window),
                    num_workers=int(d.num_workers), world_size=world_size, rank=rank,
-                   view_config=ViewConfig(size=int(d.size)), prefetch_factor=int(d.prefetch_factor),
+                   view_config=view_config(cfg), prefetch_factor=int(d.prefetch_factor),
                    endpoint_url=d.get("endpoint_url"))
 
     def next_batch(self) -> dict:

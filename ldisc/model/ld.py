@@ -11,6 +11,9 @@ from ldisc.model.decoder import ClusterHead, EmbeddingHead, UNetDecoder
 from ldisc.model.encoder import VGGEncoder
 
 
+FIRST_CONV = "blocks.0.0.0"   # the encoder's first convolution (its weight says the input channels)
+
+
 @dataclass
 class LDOutput:
     embedding: torch.Tensor            # (B, D, H, W), unit norm over D
@@ -18,21 +21,29 @@ class LDOutput:
 
 
 class LDNet(nn.Module):
-    def __init__(self, width: str = "tiny", embed_dim: int = 32, clusters: int = 0):
+    """``in_channels``: 3 (fundus) or 1 (X-ray); ``decoder``: ``authors`` | ``ldisc`` (see
+    :mod:`ldisc.model.decoder`); ``init``: ``kaiming`` | ``torch`` (see :mod:`ldisc.model.init`)."""
+
+    def __init__(self, width: str = "tiny", embed_dim: int = 32, clusters: int = 0, in_channels: int = 3,
+                 decoder: str = "authors", init: str = "kaiming"):
         super().__init__()
-        self.encoder = VGGEncoder(width)
-        self.decoder = UNetDecoder(self.encoder.channels)
-        self.embed = EmbeddingHead(self.decoder.out_channels, embed_dim)
-        self.cluster = ClusterHead(self.decoder.out_channels, clusters) if clusters > 0 else None
+        self.encoder = VGGEncoder(width, in_channels, init=init)
+        self.decoder = UNetDecoder(self.encoder.channels, decoder, init)
+        c = self.decoder.out_channels
+        self.embed = EmbeddingHead(c, embed_dim, style=decoder, init=init)
+        self.cluster = ClusterHead(c, clusters, style=decoder, init=init) if clusters > 0 else None
 
     def forward(self, x: torch.Tensor) -> LDOutput:
         h = self.decoder(self.encoder(x))
         return LDOutput(self.embed(h), self.cluster(h) if self.cluster is not None else None)
 
 
-def build_model(cfg) -> LDNet:
-    """From the ``model`` config group (width, embed_dim, clusters)."""
-    return LDNet(width=cfg.width, embed_dim=cfg.embed_dim, clusters=int(cfg.clusters))
+def build_model(cfg, in_channels: int = 3, clusters: int | None = None) -> LDNet:
+    """From the ``model`` config group (width, embed_dim, clusters, decoder, init); ``in_channels`` comes
+    from the data modality (:func:`ldisc.views.input_normalization`)."""
+    return LDNet(width=cfg.width, embed_dim=cfg.embed_dim, clusters=int(cfg.clusters if clusters is None else clusters),
+                 in_channels=in_channels, decoder=str(cfg.get("decoder", "authors")),
+                 init=str(cfg.get("init", "kaiming")))
 
 
 def load_stage1(model: LDNet, state: dict[str, torch.Tensor]) -> list[str]:
@@ -59,7 +70,8 @@ def encoder_state(model: LDNet) -> dict[str, torch.Tensor]:
 def load_encoder(path: str | Path, width: str | None = None) -> VGGEncoder:
     """Build a :class:`VGGEncoder` from an exported encoder file (``.pt`` or ``.safetensors``).
 
-    The width is read from the file's metadata unless given.
+    The width is read from the file's metadata unless given; the input channels and the conv bias
+    from the weights themselves (so files written before they were recorded load too).
     """
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -73,19 +85,22 @@ def load_encoder(path: str | Path, width: str | None = None) -> VGGEncoder:
         state, width = blob["encoder"], width or blob.get("width")
     if width is None:
         raise ValueError(f"{path}: no encoder width recorded; pass width=")
-    enc = VGGEncoder(width)
+    first = state[FIRST_CONV + ".weight"]
+    enc = VGGEncoder(width, in_channels=int(first.shape[1]), bias=FIRST_CONV + ".bias" in state, init="torch")
     enc.load_state_dict(state)
     return enc
 
 
 def save_encoder(model: LDNet, path: str | Path) -> Path:
-    """Export the encoder alone: ``.pt`` (``{"encoder": state, "width": w}``) or ``.safetensors``."""
+    """Export the encoder alone: ``.pt`` (``{"encoder": state, "width": w, "in_channels": c}``) or
+    ``.safetensors`` (the same two in its metadata)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = encoder_state(model)
+    meta = {"width": model.encoder.width, "in_channels": model.encoder.in_channels}
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"width": model.encoder.width})
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={k: str(v) for k, v in meta.items()})
     else:
-        torch.save({"encoder": state, "width": model.encoder.width}, path)
+        torch.save({"encoder": state, **meta}, path)
     return path

@@ -7,7 +7,10 @@ L_pd: instance NCE over the 8×8 patch vectors of the four views (x1_1, x2_1 | x
 positive of a patch is the same patch of the other view, after undoing the second view's flip and
 rot90), τ = 0.1, with all ranks' patches (and the memory bank, if any) as negatives.
 L_mix: patches of the mixup image against normalise(w·p(x1_1) + (1 − w)·p(x2_1)), detached.
-L_rd / L_ent: see :mod:`ldisc.objectives.region`.
+L_rd / L_ent: see :mod:`ldisc.objectives.region`. ``region_views``: ``augmented`` (default, the
+authors'): L_rd, its cluster centres and L_ent see the four augmented views only (4B images);
+``all``: the mixup image too (5B; the earlier ldisc behaviour). ``entropy_base``: 2 (bits, the
+authors') or e ≈ 2.718 (nats).
 """
 from __future__ import annotations
 
@@ -25,6 +28,9 @@ from ldisc.objectives.region import (adversarial_generator_loss, cluster_centres
 from ldisc.views import VIEW_KEYS
 
 
+REGION_VIEWS = ("augmented", "all")
+
+
 @dataclass
 class ObjectiveConfig:
     stage: int = 1
@@ -39,6 +45,14 @@ class ObjectiveConfig:
     detach_keys: bool = True
     prototype_momentum: float = 0.0
     chunk: int = DEFAULT_CHUNK
+    region_views: str = "augmented"    # augmented (4B, the authors') | all (5B, mixup included)
+    entropy_base: float = 2.0          # 2: bits (the authors') | 2.718281828459045: nats
+
+    def __post_init__(self):
+        if self.region_views not in REGION_VIEWS:
+            raise ValueError(f"unknown objective.region_views {self.region_views!r}; one of {REGION_VIEWS}")
+        if not self.entropy_base > 1:
+            raise ValueError(f"objective.entropy_base must be > 1, got {self.entropy_base}")
 
 
 @dataclass
@@ -105,13 +119,14 @@ class LDObjective(nn.Module):
         if cfg.stage >= 2:
             if out.masks is None:
                 raise ValueError("stage 2 needs a model with a clustering branch (model.clusters > 0)")
-            r = region_features(out.embedding, out.masks)
+            n = 4 * b if cfg.region_views == "augmented" else 5 * b   # VIEW_KEYS: mix is last
+            r = region_features(out.embedding[:n], out.masks[:n])
             protos = self.prototypes if self.prototypes.numel() else None
             centres = cluster_centres(r, self.collective, protos, cfg.prototype_momentum)
             if cfg.prototype_momentum > 0:
                 self.prototypes = centres.detach().clone()
             terms["region"] = region_loss(r, centres, cfg.tau_region)
-            terms["entropy"] = entropy_loss(out.masks)
+            terms["entropy"] = entropy_loss(out.masks[:n], cfg.entropy_base)
             total = total + cfg.w_region * terms["region"] + cfg.w_entropy * terms["entropy"]
             if discriminator is not None and cfg.w_adversarial > 0:
                 terms["adversarial"] = adversarial_generator_loss(discriminator(out.masks[:, :1]))

@@ -6,6 +6,8 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from ldisc.views import undo_dihedral
+
 
 def patch_grid(embedding: torch.Tensor, grid: int = 8) -> torch.Tensor:
     """(B, D, H, W) → (B, D, G, G): adaptive average pool, then L2-normalise every patch vector."""
@@ -14,14 +16,11 @@ def patch_grid(embedding: torch.Tensor, grid: int = 8) -> torch.Tensor:
 
 @lru_cache(maxsize=16)
 def _undo_tables(grid: int) -> torch.Tensor:
-    """(8, G·G) gather indices: row 4·flip + k undoes ``rot90(hflip^flip(·), k)`` on a flat grid."""
-    cells = torch.arange(grid * grid).view(grid, grid)
-    rows = []
-    for flip in (0, 1):
-        for k in range(4):
-            undone = torch.rot90(cells, -k, dims=(0, 1))
-            rows.append((undone.flip(1) if flip else undone).reshape(-1))
-    return torch.stack(rows)
+    """(12, G·G) gather indices: row 4·flip + k undoes ``rot90(flip_f(·), k)`` on a flat grid, for the
+    flip codes of :mod:`ldisc.views` (0 none, 1 horizontal mirror, 2 both axes)."""
+    cells = torch.arange(grid * grid).view(1, grid, grid)
+    return torch.stack([undo_dihedral(cells, torch.tensor([f]), torch.tensor([k])).reshape(-1)
+                        for f in (0, 1, 2) for k in range(4)])
 
 
 def undo_dihedral_grid(grids: torch.Tensor, flip: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:

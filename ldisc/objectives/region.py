@@ -1,6 +1,8 @@
 """Region discrimination, entropy and the shape-prior adversarial terms of stage 2."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -38,10 +40,13 @@ def region_loss(r: torch.Tensor, centres: torch.Tensor, tau: float = 0.2) -> tor
     return F.cross_entropy(logits.reshape(b * k, k), target.reshape(-1))
 
 
-def entropy_loss(masks: torch.Tensor) -> torch.Tensor:
-    """L_ent = −mean [m log m + (1 − m) log(1 − m)] over masks, clusters and pixels."""
+def entropy_loss(masks: torch.Tensor, base: float = 2.0) -> torch.Tensor:
+    """L_ent = −mean [m log_b m + (1 − m) log_b(1 − m)] over masks, clusters and pixels.
+
+    ``base`` 2 (the authors': bits, 1 at m = 0.5) or e (nats: the same term × ln 2 ≈ 0.693).
+    """
     m = masks.clamp(_EPS, 1 - _EPS)
-    return -(m * torch.log(m) + (1 - m) * torch.log(1 - m)).mean()
+    return -(m * torch.log(m) + (1 - m) * torch.log(1 - m)).mean() / math.log(base)
 
 
 def adversarial_generator_loss(disc_logits_fake: torch.Tensor) -> torch.Tensor:

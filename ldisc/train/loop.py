@@ -23,7 +23,7 @@ from ldisc.bank.checkpoint import shard_path
 from ldisc.bank.build import build_bank, build_key_encoder, feed_bank
 from ldisc.config import to_dataclass
 from ldisc.dist import default_collective
-from ldisc.model import LDNet, load_stage1, save_encoder
+from ldisc.model import LDNet, build_model, load_stage1, save_encoder
 from ldisc.objectives.objective import LDObjective, ObjectiveConfig
 from ldisc.train import checkpoint as ckpt
 from ldisc.train import faults
@@ -35,6 +35,7 @@ from ldisc.train.rng import rng_state, set_rng_state
 from ldisc.train.runlog import JsonlLog, plot_losses
 from ldisc.train.shape_prior import ShapePrior
 from ldisc.train.sources import build_data_source
+from ldisc.views import input_normalization
 
 
 @dataclass
@@ -76,8 +77,8 @@ class Trainer:
 
     # -- construction ---------------------------------------------------------------------------
     def _model(self, stage: int) -> LDNet:
-        m = self.cfg.model
-        return LDNet(m.width, m.embed_dim, int(m.clusters) if stage == 2 else 0)
+        channels = input_normalization(str(self.cfg.data.get("modality", "fundus")))[0]
+        return build_model(self.cfg.model, channels, int(self.cfg.model.clusters) if stage == 2 else 0)
 
     def _setup_stage(self, stage: int, init_state: dict | None = None) -> None:
         if self.engine is not None:

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from ldisc.train.env import DistInfo
 from ldisc.train.synthetic_source import noise_pairs, synthetic_pairs
+from ldisc.views import view_config
 
 SOURCES = ("synthetic", "noise", "shards")
 
@@ -18,9 +19,9 @@ def build_data_source(cfg: DictConfig, info: DistInfo):
     d, t = cfg.data, cfg.train
     seed, bs = int(cfg.seed), int(t.batch_size)
     if d.source == "synthetic":
-        return synthetic_pairs(d.modality, d.image_size, d.size, d.pool, bs, seed, info.rank)
+        return synthetic_pairs(d.modality, d.image_size, view_config(cfg), d.pool, bs, seed, info.rank)
     if d.source == "noise":
-        return noise_pairs(d.image_size, d.size, d.pool, bs, seed, info.rank)
+        return noise_pairs(d.image_size, view_config(cfg), d.pool, bs, seed, info.rank)
     if d.source == "shards":
         return _shard_source(cfg, info)
     raise ValueError(f"unknown data.source {d.source!r}; one of {SOURCES}")

@@ -36,11 +36,12 @@ class PairSource:
     """Views are made on the CPU (their generator is a CPU ``torch.Generator``); the trainer moves the
     batch to the accelerator."""
 
-    def __init__(self, images: torch.Tensor, view_size: int, batch_size: int, seed: int = 0, rank: int = 0):
+    def __init__(self, images: torch.Tensor, view_size: int | ViewConfig, batch_size: int, seed: int = 0,
+                 rank: int = 0):
         if len(images) < 2:
             raise ValueError(f"data.pool must be ≥ 2 images, got {len(images)}")
         self.images = images.cpu()
-        self.view_cfg = ViewConfig(size=view_size)
+        self.view_cfg = view_size if isinstance(view_size, ViewConfig) else ViewConfig(size=view_size)
         self.batch_size, self.seed, self.rank = batch_size, seed, rank
         self.step = 0
 
@@ -65,13 +66,13 @@ class PairSource:
         self.step = int(state["step"])
 
 
-def synthetic_pairs(modality: str, image_size: int, view_size: int, pool: int, batch_size: int,
+def synthetic_pairs(modality: str, image_size: int, view_size: int | ViewConfig, pool: int, batch_size: int,
                     seed: int = 0, rank: int = 0) -> PairSource:
     """Pairs from procedurally generated images (``data.source=synthetic``)."""
     return PairSource(synth_pool(modality, image_size, pool, seed), view_size, batch_size, seed, rank)
 
 
-def noise_pairs(image_size: int, view_size: int, pool: int, batch_size: int, seed: int = 0,
+def noise_pairs(image_size: int, view_size: int | ViewConfig, pool: int, batch_size: int, seed: int = 0,
                 rank: int = 0) -> PairSource:
     """Pairs from smooth random noise (``data.source=noise``): no generator cost, for tests and benches."""
     return PairSource(noise_pool(image_size, pool, seed), view_size, batch_size, seed, rank)
