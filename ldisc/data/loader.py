@@ -68,13 +68,16 @@ class StreamLoader:
         world_size, rank: default from torch.distributed, else $WORLD_SIZE/$RANK, else 1/0.
         output: 'views' (default), 'images' or 'ids' (see :class:`LDStream`).
         view_config: ``ldisc.views.ViewConfig`` (default ViewConfig()).
+        holdout, split: with ``holdout`` > 0, samples whose id hashes below it form the validation
+            split (``order.holdout_mask``); ``split`` train | val | all picks what this loader reads.
     """
 
     def __init__(self, dataset: str, batch_size: int, *, seed: int = 0, version: int | str = "latest",
                  weights: dict[str, float] | None = None, epoch_samples: int | None = None,
                  shuffle_window: int = 2048, num_workers: int = 0, world_size: int | None = None,
                  rank: int | None = None, output: str = "views", view_config: Any = None,
-                 prefetch_factor: int = 2, endpoint_url: str | None = None):
+                 prefetch_factor: int = 2, endpoint_url: str | None = None, holdout: float = 0.0,
+                 split: str = "all"):
         dist_world, dist_rank = _dist_world()
         self.world_size = world_size if world_size is not None else dist_world
         self.rank = rank if rank is not None else dist_rank
@@ -86,6 +89,9 @@ class StreamLoader:
         self.version, self.weights, self.epoch_samples = version, weights, epoch_samples
         self.shuffle_window, self.num_workers, self.output = shuffle_window, num_workers, output
         self.view_config, self.prefetch_factor, self.endpoint_url = view_config, prefetch_factor, endpoint_url
+        if split not in order_mod.SPLITS or not 0 <= holdout < 1:
+            raise ValueError(f"split must be one of {order_mod.SPLITS} and holdout in [0, 1), got {split!r}, {holdout}")
+        self.holdout, self.split = float(holdout), split
         self.store = open_store(self.dataset, endpoint_url)
         self.epoch, self.consumed, self.epoch_version = 0, 0, None
         self.corrupt_samples = 0          # images replaced because they could not be decoded
@@ -94,8 +100,10 @@ class StreamLoader:
         self._batches = None              # live iterator behind next_batch()
 
     @classmethod
-    def from_config(cls, cfg, rank: int | None = None, world_size: int | None = None) -> "StreamLoader":
-        """From a composed ``ldisc-pretrain`` config: ``data`` group (shards.yaml), ``train.batch_size``, ``seed``."""
+    def from_config(cls, cfg, rank: int | None = None, world_size: int | None = None,
+                    split: str = "train") -> "StreamLoader":
+        """From a composed ``ldisc-pretrain`` config: ``data`` group (shards.yaml), ``train.batch_size``, ``seed``,
+        ``train.val_fraction`` (``split``: train | val; the validation stream runs in this process)."""
         from omegaconf import OmegaConf
 
         from ldisc.views import view_config
@@ -104,9 +112,10 @@ class StreamLoader:
         weights = OmegaConf.to_container(d.weights) if d.get("weights") else None
         return cls(str(d.dataset), int(cfg.train.batch_size), seed=int(cfg.seed), version=d.get("version", "latest"),
                    weights=weights, epoch_samples=d.get("epoch_samples"), shuffle_window=int(d.shuffle_window),
-                   num_workers=int(d.num_workers), world_size=world_size, rank=rank,
+                   num_workers=int(d.num_workers) if split == "train" else 0, world_size=world_size, rank=rank,
                    view_config=view_config(cfg), prefetch_factor=int(d.prefetch_factor),
-                   endpoint_url=d.get("endpoint_url"))
+                   endpoint_url=d.get("endpoint_url"), holdout=float(cfg.train.get("val_fraction", 0) or 0),
+                   split=split)
 
     def next_batch(self) -> dict:
         """The next batch of the endless stream (epochs follow each other); the trainer's interface."""
@@ -159,6 +168,9 @@ class StreamLoader:
         table = self._table(version)
         rows = order_mod.select(table.group_index, table.groups, self.seed, epoch,
                                 self.weights, self.epoch_samples)
+        if self.split != "all" and self.holdout > 0:        # train.val_fraction: a held-out validation split
+            held = order_mod.holdout_mask(table.sample_id, self.holdout)
+            rows = rows[held[rows] == (self.split == "val")]
         return order_mod.shuffle(rows, table.shard_index, self.seed, epoch, self.shuffle_window)
 
     def plan(self) -> EpochPlan:

@@ -22,8 +22,21 @@ DataLoader hands out round-robin, i.e. in step order.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 
 import numpy as np
+
+SPLITS = ("train", "val", "all")
+
+
+def holdout_mask(sample_ids, fraction: float) -> np.ndarray:
+    """True for the validation samples: those whose id hashes below ``fraction`` (a pure function of
+    the id, so a sample keeps its split when later manifest versions append shards)."""
+    if fraction <= 0:
+        return np.zeros(len(sample_ids), bool)
+    cut = int(fraction * 2 ** 64)
+    return np.array([int.from_bytes(hashlib.blake2b(str(s).encode(), digest_size=8).digest(), "big") < cut
+                     for s in sample_ids], bool)
 
 
 def _rng(seed: int, epoch: int, stream: int) -> np.random.Generator:

@@ -3,6 +3,12 @@
 A checkpoint is written into a temporary sibling directory and renamed into place only when every
 file is on disk, with a ``COMPLETE`` marker written last; a crash mid-save leaves the previous
 checkpoint as the newest complete one. Writers put whatever files they need into the directory.
+
+Names: ``latest`` is the newest complete checkpoint; ``best`` is the one with the lowest validation
+loss of the last stage that had one (the authors' ``model_best``), recorded in ``checkpoints/BEST``
+(JSON, replaced atomically) and never pruned. :func:`resolve_checkpoint` turns ``<run_dir>/best``,
+``<run_dir>/latest`` or a checkpoint directory into a checkpoint directory, for ``train.resume``,
+``train.init_from`` and ``ldisc-eval checkpoints=[…]``.
 """
 from __future__ import annotations
 
@@ -16,6 +22,8 @@ from typing import Callable
 MARKER = "COMPLETE"
 PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
+BEST_FILE = "BEST"
+NAMES = ("latest", "best")
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
@@ -44,16 +52,68 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def best_record(run_dir: str | Path) -> dict | None:
+    """``{"checkpoint": "step_…", "stage": s, "val_loss": v, "step": n}`` of ``best``, or None."""
+    path = checkpoint_root(run_dir) / BEST_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def best_checkpoint(run_dir: str | Path) -> Path | None:
+    record = best_record(run_dir)
+    if record is None:
+        return None
+    path = checkpoint_root(run_dir) / record["checkpoint"]
+    return path if is_complete(path) else None
+
+
+def mark_best(run_dir: str | Path, checkpoint: Path, stage: int, val_loss: float, step: int) -> None:
+    """Point ``best`` at ``checkpoint`` (atomic replace of ``checkpoints/BEST``)."""
+    root = checkpoint_root(run_dir)
+    tmp = root / f"{TMP_PREFIX}{BEST_FILE}"
+    tmp.write_text(json.dumps({"checkpoint": Path(checkpoint).name, "stage": int(stage),
+                               "val_loss": float(val_loss), "step": int(step)}))
+    _fsync_dir_files(root, only=(tmp.name,))
+    os.replace(tmp, root / BEST_FILE)
+
+
+def is_better(run_dir: str | Path, stage: int, val_loss: float) -> bool:
+    """Whether ``val_loss`` of ``stage`` beats ``best`` (a new stage always replaces an older one's)."""
+    record = best_record(run_dir)
+    return record is None or int(record["stage"]) != int(stage) or val_loss < float(record["val_loss"])
+
+
+def resolve_checkpoint(run_dir: str | Path, name: str = "latest") -> Path:
+    """The checkpoint directory called ``name`` (``latest`` | ``best``) of ``run_dir``."""
+    if name not in NAMES:
+        raise ValueError(f"unknown checkpoint name {name!r}; one of {NAMES}")
+    found = latest_checkpoint(run_dir) if name == "latest" else best_checkpoint(run_dir)
+    if found is None:
+        raise FileNotFoundError(f"{run_dir} has no {name} checkpoint"
+                                + (" (best needs train.val_fraction > 0)" if name == "best" else ""))
+    return found
+
+
+def resolve_checkpoint_spec(spec: str | Path) -> Path:
+    """A checkpoint directory, or ``<run_dir>/latest`` / ``<run_dir>/best`` (also under ``checkpoints/``)."""
+    path = Path(spec)
+    if path.name in NAMES and not path.exists():
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        return resolve_checkpoint(run_dir, path.name)
+    if not is_complete(path):
+        raise FileNotFoundError(f"{path} is not a complete ldisc checkpoint (no {MARKER} marker)")
+    return path
+
+
 def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
-    """``None`` → no resume; ``auto`` → newest complete checkpoint of ``run_dir`` (or none); else a path."""
+    """``None`` → no resume; ``auto`` → newest complete checkpoint of ``run_dir`` (or none);
+    ``latest`` / ``best`` → that checkpoint of ``run_dir``; else a checkpoint spec (see above)."""
     if resume in (None, "", "none", "null"):
         return None
     if resume == "auto":
         return latest_checkpoint(run_dir)
-    path = Path(resume)
-    if not is_complete(path):
-        raise FileNotFoundError(f"{path} is not a complete ldisc checkpoint (no {MARKER} marker)")
-    return path
+    if resume in NAMES:
+        return resolve_checkpoint(run_dir, resume)
+    return resolve_checkpoint_spec(resume)
 
 
 def save_checkpoint(run_dir: str | Path, step: int, write: Callable[[Path], None], keep: int = 3,
@@ -100,10 +160,13 @@ def remove_stale_temporaries(run_dir: str | Path) -> None:
 
 
 def prune(run_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints, never ``best``."""
     if keep <= 0:
         return
+    best = (best_record(run_dir) or {}).get("checkpoint")
     for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.name != best:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _fsync_dir_files(path: Path, only: tuple[str, ...] | None = None) -> None:

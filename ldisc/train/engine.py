@@ -66,6 +66,9 @@ class Engine:
     def train(self) -> None:
         self.ds.train()
 
+    def eval(self) -> None:
+        self.ds.eval()
+
     def backward(self, loss: torch.Tensor) -> None:
         self.ds.backward(loss)
 

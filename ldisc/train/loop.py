@@ -34,7 +34,7 @@ from ldisc.train.metrics import TrainMetrics
 from ldisc.train.rng import rng_state, set_rng_state
 from ldisc.train.runlog import JsonlLog, plot_losses
 from ldisc.train.shape_prior import ShapePrior
-from ldisc.train.sources import build_data_source
+from ldisc.train.sources import build_data_source, build_validation_source
 from ldisc.views import input_normalization
 
 
@@ -60,6 +60,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.collective = default_collective()
         self.data = data if data is not None else build_data_source(cfg, info)
+        self.val_data = build_validation_source(cfg, info)       # None unless train.val_fraction > 0
+        self.val_start = self.val_data.state_dict() if self.val_data is not None else None
         self.bank = build_bank(cfg.bank, self.collective, int(cfg.model.embed_dim), info.device)
         self.key_encoder = None
         m = cfg.metrics
@@ -211,6 +213,31 @@ class Trainer:
         return {k: v.to(self.engine.dtype) if torch.is_tensor(v) and v.is_floating_point() else v
                 for k, v in batch.items()}
 
+    @torch.no_grad()
+    def _validate(self) -> float | None:
+        """Mean total loss over ``train.val_batches`` held-out batches (the same ones every time), model
+        in eval mode, no bank and no discriminator; the global mean over ranks. None without a split."""
+        if self.val_data is None:
+            return None
+        self.val_data.load_state_dict(self.val_start)
+        prototypes = self.objective.prototypes               # validation must not move the EMA centres
+        n, total = int(self.cfg.train.get("val_batches", 2)), 0.0
+        self.engine.eval()
+        for _ in range(n):
+            batch = self.val_data.next_batch()
+            batch = {k: v.to(self.device) for k, v in batch.items() if torch.is_tensor(v)}
+            total += float(self.objective(self.engine, batch).total)
+        self.engine.train()
+        self.objective.prototypes = prototypes
+        return self._global_mean({"val_loss": total}, n)["val_loss"]
+
+    def _track_best(self, val_loss: float, path: Path) -> None:
+        """Point ``best`` at ``path`` when its validation loss is the lowest of this stage so far."""
+        if self.rank == 0 and ckpt.is_better(self.run_dir, self.stage, val_loss):
+            ckpt.mark_best(self.run_dir, path, self.stage, val_loss, self.step)
+        record = ckpt.best_record(self.run_dir) if self.rank == 0 else None
+        self.metrics.observe_validation(val_loss, float(record["val_loss"]) if record else val_loss)
+
     def _global_mean(self, terms: dict, micro: int) -> dict[str, float]:
         names = sorted(terms)
         vec = torch.stack([torch.as_tensor(terms[k], dtype=torch.float64) for k in names]).to(self.device)
@@ -234,6 +261,10 @@ class Trainer:
             self.metrics.observe_step(seconds, wait, images, local, self.stage)
             self.metrics.set_bank_fill(self.bank.fill_ratio)
             terms = self._global_mean(terms_sum, micro)
+            at_checkpoint = self.step % int(t.checkpoint_every) == 0 or self.step == until
+            val_loss = self._validate() if at_checkpoint else None
+            if val_loss is not None:
+                terms["val_loss"] = val_loss
             record = {"step": self.step, "stage": self.stage, "lr": lr, "seconds": round(seconds, 4),
                       "images_per_s": round(images * self.info.world_size / seconds, 3), **terms}
             self.losses.append(record)
@@ -241,8 +272,10 @@ class Trainer:
             self.samples_log.append({"step": self.step, "keys": keys})
             bar.update(1)
             bar.set_postfix(stage=self.stage, **{k: f"{v:.3f}" for k, v in terms.items() if k != "discriminator"})
-            if self.step % int(t.checkpoint_every) == 0 or self.step == until:
-                self.save()
+            if at_checkpoint:
+                path = self.save()
+                if val_loss is not None:
+                    self._track_best(val_loss, path)
 
     def run(self) -> PretrainResult:
         t = self.cfg.train
@@ -282,7 +315,10 @@ class Trainer:
         """Stage-1 weights: the full model of checkpoint ``init_from``, or of this run's engine (None
         with ``train.stage1_steps=0`` and no ``init_from``: stage 2 from a random init)."""
         if init_from:
-            path = Path(init_from)
+            try:                                               # a checkpoint dir, <run_dir>/best or /latest
+                path = ckpt.resolve_checkpoint_spec(init_from)
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"train.init_from={init_from}: {err}") from err
             if not (path / "model.pt").is_file():
                 raise FileNotFoundError(f"train.init_from={init_from}: no model.pt (not an ldisc checkpoint)")
             return torch.load(path / "model.pt", map_location="cpu", weights_only=True)

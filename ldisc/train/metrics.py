@@ -30,6 +30,10 @@ class TrainMetrics:
                                        labels, registry=r)
         self.loss = Gauge("ldisc_train_loss", "Loss terms of the last step", labels + ["term"], registry=r)
         self.stage = Gauge("ldisc_train_stage", "Current LD stage", labels, registry=r)
+        self.val_loss = Gauge("ldisc_train_val_loss", "Validation loss (held-out split, global mean) at the "
+                              "last checkpoint", labels, registry=r)
+        self.best_val_loss = Gauge("ldisc_train_best_val_loss", "Lowest validation loss of the current stage "
+                                   "(the 'best' checkpoint)", labels, registry=r)
         self.bank_fill = Gauge("ldisc_train_bank_fill_ratio", "Memory-bank entries / capacity", labels, registry=r)
         self.checkpoint_seconds = Histogram("ldisc_train_checkpoint_save_seconds", "Checkpoint save time",
                                             labels, buckets=STEP_BUCKETS, registry=r)
@@ -50,6 +54,10 @@ class TrainMetrics:
             self.loss.labels(rk, name).set(value)
         self.max_rss.labels(rk).set(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         self.rss.labels(rk).set(current_rss_bytes())
+
+    def observe_validation(self, loss: float, best: float) -> None:
+        self.val_loss.labels(self.rank).set(loss)
+        self.best_val_loss.labels(self.rank).set(best)
 
     def set_bank_fill(self, ratio: float) -> None:
         self.bank_fill.labels(self.rank).set(ratio)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-CURVE_TERMS = ("patch", "mix", "region", "entropy", "adversarial", "total")
+CURVE_TERMS = ("patch", "mix", "region", "entropy", "adversarial", "total", "val_loss")
 
 
 class JsonlLog:

@@ -15,22 +15,32 @@ from ldisc.views import view_config
 SOURCES = ("synthetic", "noise", "shards")
 
 
-def build_data_source(cfg: DictConfig, info: DistInfo):
+def build_data_source(cfg: DictConfig, info: DistInfo, split: str = "train"):
+    """The ``split`` (train | val) of ``data``: with ``train.val_fraction`` > 0 the validation samples
+    are held out of training (synthetic/noise: the last images of the pool; shards: by sample-id hash)."""
     d, t = cfg.data, cfg.train
     seed, bs = int(cfg.seed), int(t.batch_size)
+    holdout = float(t.get("val_fraction", 0) or 0)
     if d.source == "synthetic":
-        return synthetic_pairs(d.modality, d.image_size, view_config(cfg), d.pool, bs, seed, info.rank)
+        return synthetic_pairs(d.modality, d.image_size, view_config(cfg), d.pool, bs, seed, info.rank, holdout, split)
     if d.source == "noise":
-        return noise_pairs(d.image_size, view_config(cfg), d.pool, bs, seed, info.rank)
+        return noise_pairs(d.image_size, view_config(cfg), d.pool, bs, seed, info.rank, holdout, split)
     if d.source == "shards":
-        return _shard_source(cfg, info)
+        return _shard_source(cfg, info, split)
     raise ValueError(f"unknown data.source {d.source!r}; one of {SOURCES}")
 
 
-def _shard_source(cfg: DictConfig, info: DistInfo):
+def build_validation_source(cfg: DictConfig, info: DistInfo):
+    """The held-out validation source, or None when ``train.val_fraction`` is 0."""
+    if not float(cfg.train.get("val_fraction", 0) or 0) > 0:
+        return None
+    return build_data_source(cfg, info, "val")
+
+
+def _shard_source(cfg: DictConfig, info: DistInfo, split: str = "train"):
     try:
         from ldisc.data.loader import StreamLoader
     except ImportError as err:
         raise ValueError("data.source=shards needs ldisc.data.loader.StreamLoader, not available in this "
                          f"checkout ({err})") from err
-    return StreamLoader.from_config(cfg, rank=info.rank, world_size=info.world_size)
+    return StreamLoader.from_config(cfg, rank=info.rank, world_size=info.world_size, split=split)

@@ -9,6 +9,8 @@ interface: ``next_batch()``, ``state_dict()``, ``load_state_dict()``.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,17 @@ import torch.nn.functional as F
 from ldisc.views import ViewConfig, make_views_batch, pil_to_tensor
 
 
+def holdout_split(images: torch.Tensor, fraction: float, split: str) -> torch.Tensor:
+    """The last ``max(2, round(fraction · pool))`` images are the validation split (``train.val_fraction``)."""
+    if fraction <= 0 or split == "all":
+        return images
+    n_val = max(2, round(fraction * len(images)))
+    if len(images) - n_val < 2:
+        raise ValueError(f"train.val_fraction={fraction} leaves fewer than 2 of {len(images)} images to train on")
+    return images[-n_val:] if split == "val" else images[:-n_val]
+
+
+@lru_cache(maxsize=2)
 def synth_pool(modality: str, image_size: int, pool: int, seed: int) -> torch.Tensor:
     from ldisc import synth
 
@@ -67,12 +80,14 @@ class PairSource:
 
 
 def synthetic_pairs(modality: str, image_size: int, view_size: int | ViewConfig, pool: int, batch_size: int,
-                    seed: int = 0, rank: int = 0) -> PairSource:
+                    seed: int = 0, rank: int = 0, holdout: float = 0.0, split: str = "all") -> PairSource:
     """Pairs from procedurally generated images (``data.source=synthetic``)."""
-    return PairSource(synth_pool(modality, image_size, pool, seed), view_size, batch_size, seed, rank)
+    images = holdout_split(synth_pool(modality, image_size, pool, seed), holdout, split)
+    return PairSource(images, view_size, batch_size, seed, rank)
 
 
 def noise_pairs(image_size: int, view_size: int | ViewConfig, pool: int, batch_size: int, seed: int = 0,
-                rank: int = 0) -> PairSource:
+                rank: int = 0, holdout: float = 0.0, split: str = "all") -> PairSource:
     """Pairs from smooth random noise (``data.source=noise``): no generator cost, for tests and benches."""
-    return PairSource(noise_pool(image_size, pool, seed), view_size, batch_size, seed, rank)
+    images = holdout_split(noise_pool(image_size, pool, seed), holdout, split)
+    return PairSource(images, view_size, batch_size, seed, rank)
