@@ -3,7 +3,8 @@
     ldisc-eval [--watch DIR] [--metrics-port N] [--report-only] [--serial] [key=value …]
 
 Everything else is a Hydra override of ``configs/eval.yaml`` (``LDISC_CONFIG_DIR`` points elsewhere).
-``protocol=NAME`` is short for ``eval/protocol@protocol=NAME`` (demo, paper, smoke).
+``protocol=NAME`` is short for ``eval/protocol@protocol=NAME``: paper (the authors' transfer protocol,
+the default), ldisc (this project's earlier choices), demo and smoke (the paper protocol, fewer epochs).
 Exit status: 0 when every run succeeded, 1 when some failed, 2 on bad usage.
 """
 from __future__ import annotations
@@ -79,7 +80,7 @@ class Evaluator:
         data = OmegaConf.to_container(cfg.data, resolve=True)
         self.data_cfg = {"size": data["size"], "val_fraction": data["val_fraction"], "max_test": data["max_test"],
                          "random_width": data["random_width"], "roots": data.get("roots") or {}}
-        preflight(self.tasks, self.data_cfg["roots"], self.data_cfg["size"])
+        preflight(self.tasks, self.data_cfg["roots"], self.data_cfg["size"], self.protocol_cfg["splits"])
         fleet = cfg.fleet
         self.fleet_cfg = FleetConfig(retries=int(fleet.retries), cpus_per_run=float(fleet.cpus_per_run),
                                      gpus_per_run=float(fleet.gpus_per_run), address=cfg.ray.address,
