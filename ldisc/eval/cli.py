@@ -69,6 +69,12 @@ def compose_config(overrides: list[str]) -> DictConfig:
         return compose(config_name="eval", overrides=overrides)
 
 
+def protocol_config(name: str = "paper", **overrides) -> ProtocolConfig:
+    """The settings of ``configs/eval/protocol/<name>.yaml`` (paper, ldisc, demo, smoke) with ``overrides``."""
+    cfg = compose_config([f"eval/protocol@protocol={name}"])
+    return ProtocolConfig.from_mapping({**OmegaConf.to_container(cfg.protocol), **overrides})
+
+
 class Evaluator:
     """Holds what one ``ldisc-eval`` command shares across batches of checkpoints (Ray, store, metrics)."""
 
