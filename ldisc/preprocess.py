@@ -18,9 +18,13 @@ from __future__ import annotations
 
 from collections import deque
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:  # torch is imported by the callers that need it; ingestion workers never do
+    import torch
 
 GRAY_MEAN, GRAY_STD = 0.5, 0.5
 

@@ -57,7 +57,7 @@ class ProtocolConfig:
     fundus_crop: str = "fov"       # fov: crop to the field of view first | pad: pad the whole image
     mask_threshold: float = 0.3    # binarisation of resized ground-truth masks
     random_init: str = "scratch"   # scratch: random init trained end to end | protocol: frozen/finetune phases
-    epochs_scratch: int = 100
+    epochs_scratch: int = 3
     init: str = "kaiming"          # kaiming (fan_out, relu) for decoder/head and the random encoder | default
     xray_channels: int = 1         # input channels of the random-init X-ray encoder (pretrained: from its weights)
     head_kernel: int = 3           # the output convolution: 3×3 (the authors') | 1×1
