@@ -111,7 +111,7 @@ def _stack(items: list[Item], size: int, skipped: list[str], fov_crop: bool = Fa
 
 
 def split_train_val(items: list[Item], n_labelled: int | None, val_fraction: float, split_seed: int,
-                    splits: str = "ldisc", fraction: float | None = None) -> tuple[list[Item], list[Item]]:
+                    splits: str = "paper", fraction: float | None = None) -> tuple[list[Item], list[Item]]:
     """Choose the labelled training images (few-label regime, data fraction) and carve the validation split out of them."""
     if splits not in SPLITS:
         raise ValueError(f"splits must be one of {SPLITS}, got {splits!r}")
@@ -134,8 +134,9 @@ def split_train_val(items: list[Item], n_labelled: int | None, val_fraction: flo
 
 def load_task_data(task: Task, roots: Mapping[str, str | None] | None = None, size: int | None = None,
                    val_fraction: float = 0.2, max_test: int | None = None, split_seed: int = 0,
-                   splits: str = "ldisc", fundus_crop: str = "pad", mask_threshold: float = 0.5) -> TaskData:
-    """Read, subsample, crop/pad, resize and split a task's images (defaults: the ``ldisc`` protocol's)."""
+                   splits: str = "paper", fundus_crop: str = "fov", mask_threshold: float = 0.3) -> TaskData:
+    """Read, subsample, crop/pad, resize and split a task's images (defaults: the paper protocol's;
+    ``ProtocolConfig.data_options()`` gives a protocol's)."""
     if fundus_crop not in FUNDUS_CROPS:
         raise ValueError(f"fundus_crop must be one of {FUNDUS_CROPS}, got {fundus_crop!r}")
     size = int(size or task.input_size)
