@@ -8,7 +8,9 @@ start for ``epochs_scratch`` epochs (no frozen phase), as the authors' baseline 
 
 After every epoch the validation split is scored and the best weights so far are kept:
 ``select="val_loss"`` (the authors'): lowest mean validation loss over batches; ``select="val_dice"``:
-highest mean validation Dice at ``threshold``. The test split is scored once, with those weights.
+highest mean validation Dice at ``threshold``. ``keep_best="phase"`` (the authors'): the fine-tuning
+phase starts from the best frozen weights and its own best epoch is kept; ``"run"``: the best of all
+epochs, frozen ones included. The test split is scored once, with those weights.
 Each training batch is augmented as the authors do (``augment``; see :mod:`ldisc.eval.augment`).
 
 ``protocol=paper`` (configs/eval/protocol/paper.yaml) sets every switch to the authors' choice,
@@ -35,6 +37,7 @@ PROTOCOLS = ("frozen", "finetune")
 SELECTIONS = ("val_loss", "val_dice")
 RANDOM_INITS = ("scratch", "protocol")
 INITS = ("kaiming", "default")
+KEEP_BEST = ("phase", "run")
 
 
 @dataclass
@@ -61,6 +64,7 @@ class ProtocolConfig:
     init: str = "kaiming"          # kaiming (fan_out, relu) for decoder/head and the random encoder | default
     xray_channels: int = 1         # input channels of the random-init X-ray encoder (pretrained: from its weights)
     head_kernel: int = 3           # the output convolution: 3×3 (the authors') | 1×1
+    keep_best: str = "phase"       # phase: selection restarts with fine-tuning (the authors') | run: best of all epochs
 
     @classmethod
     def from_mapping(cls, m) -> "ProtocolConfig":
@@ -74,7 +78,7 @@ class ProtocolConfig:
         for name, allowed in (("loss", tuple(DICE_LOSSES)), ("select", SELECTIONS), ("splits", SPLITS),
                               ("fundus_crop", FUNDUS_CROPS), ("random_init", RANDOM_INITS), ("init", INITS),
                               ("frozen_bn", ("eval", "train")), ("xray_channels", (1, 3)),
-                              ("head_kernel", (1, 3))):
+                              ("head_kernel", (1, 3)), ("keep_best", KEEP_BEST)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"protocol.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         return self
@@ -214,7 +218,9 @@ def run_protocol(encoder: VGGEncoder, data: TaskData, protocol: str, cfg: Protoc
     for phase, n_epochs, lr in phases:
         frozen = phase == "frozen"
         if best_state is not None:
-            net.load_state_dict(best_state)
+            net.load_state_dict(best_state)   # a phase starts from the best weights of the one before
+            if cfg.keep_best == "phase":
+                best_key = float("inf")
         _set_encoder_trainable(net, not frozen)
         opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
         for _ in range(n_epochs):
