@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = "[synth_rite_vessel@16,synth_idrid_disc@16]"
     _run("4/4 evaluation fleet on Ray: pretrained vs random init",
          ["ldisc.eval.cli", f"checkpoints=[{ckpt / 'encoder.pt'},random]", f"tasks={tasks}",
-          "protocols=[frozen]", "seeds=[0]" if args.quick else "seeds=[0,1]", f"out_dir={eval_dir}",
+          "protocol=demo", "protocols=[frozen]", "seeds=[0]" if args.quick else "seeds=[0,1]", f"out_dir={eval_dir}",
           "ray.num_cpus=2"])
     print("\n=== demo done")
     print(_loss_summary(run_dir / "losses.jsonl"))

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ldisc.preprocess import dicom_display
+
 REASONS = (
     "unsafe_path", "unreadable_file", "empty_file", "not_an_image", "corrupt_image",
     "too_many_pixels", "unreadable_dicom", "unsupported_photometric", "unsupported_format",
@@ -156,13 +158,7 @@ def _decode_dicom(path: Path, max_pixels: int) -> Decoded:
         raise Quarantine("unreadable_dicom", f"pixel data: {type(e).__name__}") from None
     if arr.shape[:2] != (rows, cols):
         raise Quarantine("unreadable_dicom", f"pixel shape {arr.shape} != {rows}x{cols}")
-    window = None
-    if "WindowCenter" in ds and "WindowWidth" in ds:
-        center, width = ds.WindowCenter, ds.WindowWidth
-        center = float(center[0] if isinstance(center, pydicom.multival.MultiValue) else center)
-        width = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
-        window = (center, width) if width > 1 else None
-    rescale = (float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0))
+    window, rescale = dicom_display(ds)
     out_photo = "RGB" if photometric.startswith(("RGB", "YBR")) else photometric
     pid = str(ds.get("PatientID", "") or "").strip() or None
     return Decoded(arr, out_photo, bits, "dicom", window, rescale, pid)

@@ -1,4 +1,6 @@
-"""Per-modality preprocessing, in the spirit of the LD paper's.
+"""Per-modality preprocessing of ingestion, in the spirit of the LD paper's. The shared steps
+(windowing, field-of-view box, square padding) live in :mod:`ldisc.preprocess`, which the
+downstream evaluation uses too.
 
 - every input is first brought to 8 bit (:func:`to_uint8`): DICOM rescale + VOI window
   (or a 0.5–99.5 percentile window when the file has none and is deeper than 8 bit),
@@ -14,106 +16,17 @@ sample so the transform can be reproduced or inverted).
 
 from __future__ import annotations
 
-from collections import deque
-
 import numpy as np
 from PIL import Image
+
+from ldisc.preprocess import NoFieldOfView, field_of_view_box, pad_to_square, window_to_uint8
 
 from .decode import Decoded, Quarantine
 
 
 def to_uint8(dec: Decoded) -> tuple[np.ndarray, dict]:
-    """Map decoded pixels to uint8 (gray or RGB) and say how."""
-    arr = dec.pixels
-    params: dict = {"bits_stored": dec.bits_stored, "photometric": dec.photometric}
-    if dec.photometric == "RGB":
-        if arr.dtype != np.uint8:
-            arr = (arr.astype(np.float64) * 255.0 / float(2**dec.bits_stored - 1)).clip(0, 255)
-            arr = np.rint(arr).astype(np.uint8)
-        params["window"] = None
-        return arr, params
-    values = arr.astype(np.float64) * dec.rescale[0] + dec.rescale[1]
-    if dec.window is not None:  # DICOM PS3.3 C.11.2.1.2 linear VOI function
-        center, width = dec.window
-        out = ((values - (center - 0.5)) / (width - 1) + 0.5) * 255.0
-        params["window"], params["window_source"] = [center, width], "dicom"
-    elif arr.dtype == np.uint8 and dec.rescale == (1.0, 0.0):
-        out = values
-        params["window"], params["window_source"] = None, "none"
-    else:
-        lo, hi = np.percentile(values, [0.5, 99.5])
-        hi = hi if hi > lo else lo + 1.0
-        out = (values - lo) * 255.0 / (hi - lo)
-        params["window"], params["window_source"] = [float((lo + hi) / 2), float(hi - lo)], "percentile"
-    out = np.rint(np.clip(out, 0, 255)).astype(np.uint8)
-    params["inverted"] = dec.photometric == "MONOCHROME1"
-    if params["inverted"]:
-        out = 255 - out
-    return out, params
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """Boolean mask of the largest 4-connected True region (BFS on a small mask)."""
-    h, w = mask.shape
-    labels = np.zeros(mask.shape, np.int32)
-    best_label, best_size, current = 0, 0, 0
-    flat = mask.ravel()
-    lab = labels.ravel()
-    for start in np.flatnonzero(flat):
-        if lab[start]:
-            continue
-        current += 1
-        lab[start] = current
-        queue, size = deque([start]), 0
-        while queue:
-            p = queue.popleft()
-            size += 1
-            y, x = divmod(p, w)
-            for q, ok in ((p - w, y > 0), (p + w, y < h - 1), (p - 1, x > 0), (p + 1, x < w - 1)):
-                if ok and flat[q] and not lab[q]:
-                    lab[q] = current
-                    queue.append(q)
-        if size > best_size:
-            best_label, best_size = current, size
-    return labels == best_label if best_label else np.zeros_like(mask)
-
-
-def field_of_view_box(rgb: np.ndarray, margin: float = 0.02, probe: int = 128) -> tuple[list[int], float]:
-    """Bounding box [x0, y0, x1, y1] of the fundus field of view, and the threshold used.
-
-    The image is box-downsampled to at most ``probe`` px; pixels brighter than
-    ``max(12, 0.1 * p99)`` (brightest channel) form the mask; the largest connected region
-    is the field of view; its box is scaled back and grown by ``margin`` × image size.
-    """
-    h, w = rgb.shape[:2]
-    lum = rgb.max(axis=2) if rgb.ndim == 3 else rgb
-    scale = max(h, w) / probe if max(h, w) > probe else 1.0
-    small = np.asarray(Image.fromarray(lum).resize(
-        (max(1, round(w / scale)), max(1, round(h / scale))), Image.BOX))
-    threshold = max(12.0, 0.1 * float(np.percentile(small, 99)))
-    region = _largest_component(small > threshold)
-    if region.sum() < 0.01 * region.size:
-        raise Quarantine("no_field_of_view", "no bright region covering 1% of the image")
-    ys, xs = np.nonzero(region)
-    sy, sx = h / small.shape[0], w / small.shape[1]
-    pad = margin * max(h, w)
-    x0 = max(0, int(np.floor(xs.min() * sx - pad)))
-    y0 = max(0, int(np.floor(ys.min() * sy - pad)))
-    x1 = min(w, int(np.ceil((xs.max() + 1) * sx + pad)))
-    y1 = min(h, int(np.ceil((ys.max() + 1) * sy + pad)))
-    return [x0, y0, x1, y1], threshold
-
-
-def pad_to_square(img: Image.Image) -> tuple[Image.Image, list[int]]:
-    """Centre ``img`` on a black square canvas; returns it and the [left, top] offset."""
-    w, h = img.size
-    side = max(w, h)
-    if w == h:
-        return img, [0, 0]
-    canvas = Image.new(img.mode, (side, side), 0)
-    offset = [(side - w) // 2, (side - h) // 2]
-    canvas.paste(img, tuple(offset))
-    return canvas, offset
+    """Map decoded pixels to uint8 (gray or RGB) and say how (see :func:`ldisc.preprocess.window_to_uint8`)."""
+    return window_to_uint8(dec.pixels, dec.photometric, dec.bits_stored, dec.window, dec.rescale)
 
 
 def preprocess_fundus(dec: Decoded, size: int, margin: float = 0.02) -> tuple[Image.Image, dict]:
@@ -121,10 +34,13 @@ def preprocess_fundus(dec: Decoded, size: int, margin: float = 0.02) -> tuple[Im
     arr, params = to_uint8(dec)
     if arr.ndim == 2:
         arr = np.stack([arr] * 3, axis=2)
-    box, threshold = field_of_view_box(arr, margin)
-    img = Image.fromarray(arr, "RGB").crop(tuple(box))
-    img, offset = pad_to_square(img)
-    out = img.resize((size, size), Image.LANCZOS)
+    try:
+        box, threshold = field_of_view_box(arr, margin)
+    except NoFieldOfView as err:
+        raise Quarantine("no_field_of_view", str(err)) from None
+    x0, y0, x1, y1 = box
+    square, offset = pad_to_square(arr[y0:y1, x0:x1])
+    out = Image.fromarray(square, "RGB").resize((size, size), Image.LANCZOS)
     params.update({"op": "fundus_fov_crop", "crop_box": box, "fov_threshold": threshold,
                    "margin": margin, "pad_offset": offset, "size": size})
     return out, params

@@ -70,7 +70,10 @@ def test_idrid_disc_and_exudates(tmp_path):
         if n != 2:  # IDRiD_02 has no exudate file: no exudates
             _write_mask(gt / "3. Hard Exudates" / f"{name}_EX.tif", truth["exudate"][split][name], "red")
     for structure in ("disc", "exudate"):
-        _check(ADAPTERS["idrid"](tmp_path, structure), truth[structure])
+        _check(ADAPTERS["idrid"](tmp_path, structure, splits="ldisc"), truth[structure])
+    # the authors list only the images that have an exudate mask
+    del truth["exudate"]["train"]["IDRiD_02"]
+    _check(ADAPTERS["idrid"](tmp_path, "exudate", splits="paper"), truth["exudate"])
     data = load_task_data(get_task("idrid_disc"), {"idrid": str(tmp_path)}, size=32)
     assert (len(data.train), len(data.val), len(data.test)) == (2, 1, 2)
     assert data.train.x.shape == (2, 3, 32, 32) and set(data.train.y.unique().tolist()) <= {0.0, 1.0}
@@ -122,14 +125,20 @@ def test_chase_db1(tmp_path):
     _check(ADAPTERS["chase"](tmp_path, "vessel"), truth)
 
 
-def test_hrf(tmp_path):
-    truth = {"train": {}, "test": {}}
-    for stem, ext, split in [("01_h", "jpg", "train"), ("01_g", "jpg", "train"), ("06_dr", "JPG", "test")]:
-        _write_image(tmp_path / "images" / f"{stem}.{ext}")
-        truth[split][stem] = _mask(40, 48, len(stem) + int(stem[:2]))
-        _write_mask(tmp_path / "manual1" / f"{stem}.tif", truth[split][stem])
-        _write_mask(tmp_path / "mask" / f"{stem}_mask.tif", np.ones((40, 48), bool))
-    _check(ADAPTERS["hrf"](tmp_path, "vessel"), truth)
+def test_hrf_paper_split_is_25_train_20_test_in_name_order(tmp_path):
+    stems = [f"{n:02d}_{kind}" for n in range(1, 16) for kind in ("dr", "g", "h")]  # HRF's 45 images
+    masks = {}
+    for i, stem in enumerate(stems):
+        _write_image(tmp_path / "images" / f"{stem}.{'JPG' if i % 7 == 0 else 'jpg'}", 12, 16)
+        masks[stem] = _mask(12, 16, i)
+        _write_mask(tmp_path / "manual1" / f"{stem}.tif", masks[stem])
+        _write_mask(tmp_path / "mask" / f"{stem}_mask.tif", np.ones((12, 16), bool))
+    paper = ADAPTERS["hrf"](tmp_path, "vessel", splits="paper")
+    assert (len(paper["train"]), len(paper["test"])) == (25, 20)
+    _check(paper, {"train": {s: masks[s] for s in stems[:25]}, "test": {s: masks[s] for s in stems[25:]}})
+    ldisc = ADAPTERS["hrf"](tmp_path, "vessel", splits="ldisc")
+    assert (len(ldisc["train"]), len(ldisc["test"])) == (15, 30)
+    assert all(int(i.name[:2]) <= 5 for i in ldisc["train"])
 
 
 def test_drishti_soft_maps(tmp_path):
@@ -180,21 +189,29 @@ def _write_dicom(path: Path, pixels: np.ndarray) -> None:
 @pytest.mark.parametrize("labels,relative", [("train-rle.csv", True), ("stage_2_train.csv", False)])
 def test_siim_dicom_and_run_length_masks(tmp_path, labels, relative):
     ids = [f"1.2.276.0.7230010.3.1.4.{i}" for i in range(40)]
-    chosen = [i for i in ids if not is_siim_test(i)][:2] + [i for i in ids if is_siim_test(i)][:2]
-    lines, truth = ["ImageId, EncodedPixels"], {"train": {}, "test": {}}
+    chosen = [i for i in ids if not is_siim_test(i)][:5] + [i for i in ids if is_siim_test(i)][:4]
+    lines, truth = ["ImageId, EncodedPixels"], {}
     for k, image_id in enumerate(chosen):
         _write_dicom(tmp_path / "dicom-images-train" / f"1.2.{k}" / f"1.3.{k}" / f"{image_id}.dcm",
                      RNG.integers(0, 255, (32, 32)))
         a, b = _mask(32, 32, k), _mask(32, 32, 50 + k)
-        if k == 0:  # no pneumothorax
+        if k in (0, 5):  # no pneumothorax
             lines.append(f"{image_id}, -1")
             m = np.zeros((32, 32), bool)
         else:  # two regions, one row each
             lines += [f"{image_id}, {rle_encode(a, relative)}", f"{image_id}, {rle_encode(b & ~a, relative)}"]
             m = a | b
-        truth["test" if is_siim_test(image_id) else "train"][image_id] = m
+        truth[image_id] = m
     (tmp_path / labels).write_text("\n".join(lines) + "\n")
-    _check(ADAPTERS["siim"](tmp_path, "pneumothorax"), truth)
+    ldisc = {"train": {i: m for i, m in truth.items() if not is_siim_test(i)},
+             "test": {i: m for i, m in truth.items() if is_siim_test(i)}}
+    _check(ADAPTERS["siim"](tmp_path, "pneumothorax", splits="ldisc"), ldisc)
+    # the authors': positives only, in ImageId order, first half train (as 1334 of 2669), the rest test
+    positive = sorted(i for i, m in truth.items() if m.any())
+    assert len(positive) == 7
+    paper = ADAPTERS["siim"](tmp_path, "pneumothorax", splits="paper")
+    assert (len(paper["train"]), len(paper["test"])) == (3, 4)
+    _check(paper, {"train": {i: truth[i] for i in positive[:3]}, "test": {i: truth[i] for i in positive[3:]}})
 
 
 def test_jsrt_images_with_scr_masks(tmp_path):

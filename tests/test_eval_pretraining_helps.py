@@ -45,7 +45,7 @@ def _check(tmp_path, stage1, stage2, protocols, seeds, epochs):
     t0 = time.perf_counter()
     table = evaluate(checkpoints=["random", ckpt], tasks=TASKS, protocols=protocols, seeds=seeds,
                      out_dir=str(tmp_path / "eval"), serial=True,
-                     overrides=["protocol=demo", f"protocol.epochs_frozen={epochs}", "protocol.epochs_finetune=10",
+                     overrides=["protocol=ldisc", f"protocol.epochs_frozen={epochs}", "protocol.epochs_finetune=10",
                                 "protocol.device=cpu", "data.max_test=16", "fleet.progress=false"])
     eval_s = time.perf_counter() - t0
     assert table.num_rows == 2 * len(TASKS) * len(protocols) * len(seeds)

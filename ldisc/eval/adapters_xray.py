@@ -3,8 +3,10 @@
 - SIIM-ACR Pneumothorax: DICOMs anywhere under ``root`` (``dicom-images-train/<study>/<series>/<ImageId>.dcm``
   or ``stage_2_images/<ImageId>.dcm``) and the labels ``train-rle.csv`` (original relative run-length
   encoding) or ``stage_2_train.csv`` (standard absolute encoding); columns ``ImageId, EncodedPixels``,
-  ``-1`` for no pneumothorax, several rows for several regions. The test labels were never released,
-  so the labelled images are split by a hash of ``ImageId``: one in five goes to test.
+  ``-1`` for no pneumothorax, several rows for several regions. The test labels were never released.
+  ``paper`` (the authors'): pneumothorax-positive images only, in ImageId order, the first half train and
+  the rest test (1334 / 1335 of the 2669 positives of ``train-rle.csv``); ``ldisc``: every labelled
+  image, split by a hash of ``ImageId`` (one in five goes to test).
 - JSRT + SCR: the 247 JSRT rasters ``JPC{LN,NN}NNN.IMG`` (2048², 12-bit big-endian, no header) and the
   SCR masks ``fold1/masks/{left lung,right lung,heart,left clavicle,right clavicle}/JPCLN001.gif``
   (1024²), both anywhere under ``root`` (e.g. ``root/All247images`` and ``root/scr/fold1``). SCR's
@@ -57,15 +59,23 @@ def is_siim_test(image_id: str) -> bool:
     return int(hashlib.sha1(image_id.encode()).hexdigest()[:8], 16) % 5 == 0
 
 
-def read_siim(root: Path, structure: str = "pneumothorax") -> dict[str, list[Item]]:
+def is_siim_positive(rles: list[str]) -> bool:
+    """A pneumothorax-positive image: its first label row is not ``-1`` (as the authors select)."""
+    return str(rles[0]).strip() not in ("", "-1", "nan")
+
+
+def read_siim(root: Path, structure: str = "pneumothorax", splits: str = "paper") -> dict[str, list[Item]]:
     """SIIM-ACR pneumothorax masks decoded from run-length encodings, images from DICOM."""
     labels, relative = _siim_labels(root)
     dicoms = {p.stem: p for p in root.rglob("*.dcm")}
-    out = {"train": [], "test": []}
-    for image_id in sorted(labels):
-        if image_id in dicoms:
-            item = Item(image_id, partial(_load_siim, dicoms[image_id], labels[image_id], relative))
-            out["test" if is_siim_test(image_id) else "train"].append(item)
+    ids = [i for i in sorted(labels) if i in dicoms]
+    items = {i: Item(i, partial(_load_siim, dicoms[i], labels[i], relative)) for i in ids}
+    if splits == "paper":
+        positive = [i for i in ids if is_siim_positive(labels[i])]
+        half = len(positive) // 2
+        out = {"train": [items[i] for i in positive[:half]], "test": [items[i] for i in positive[half:]]}
+    else:
+        out = {"train": [items[i] for i in ids if not is_siim_test(i)], "test": [items[i] for i in ids if is_siim_test(i)]}
     if not out["train"] or not out["test"]:
         raise FileNotFoundError(f"SIIM-ACR: {len(labels)} labelled ImageIds, {len(dicoms)} DICOMs under {root}; "
                                 f"found {len(out['train'])} train / {len(out['test'])} test images with both")
@@ -81,7 +91,7 @@ def _load_jsrt(img_path: Path, mask_paths: list[Path]) -> tuple[np.ndarray, np.n
     return image, mask
 
 
-def read_jsrt_scr(root: Path, structure: str) -> dict[str, list[Item]]:
+def read_jsrt_scr(root: Path, structure: str, splits: str = "paper") -> dict[str, list[Item]]:
     """JSRT radiographs with SCR masks of ``lung``, ``heart`` or ``clavicle``; SCR fold 1 train, fold 2 test."""
     parts = SCR_PARTS[structure]
     images = {p.stem.upper(): p for p in root.rglob("*") if p.suffix.upper() == ".IMG"}

@@ -3,7 +3,8 @@
     ldisc-eval [--watch DIR] [--metrics-port N] [--report-only] [--serial] [key=value …]
 
 Everything else is a Hydra override of ``configs/eval.yaml`` (``LDISC_CONFIG_DIR`` points elsewhere).
-``protocol=NAME`` is short for ``eval/protocol@protocol=NAME`` (demo, paper, smoke).
+``protocol=NAME`` is short for ``eval/protocol@protocol=NAME``: paper (the authors' transfer protocol,
+the default), ldisc (this project's earlier choices), demo and smoke (the paper protocol, fewer epochs).
 Exit status: 0 when every run succeeded, 1 when some failed, 2 on bad usage.
 """
 from __future__ import annotations
@@ -68,6 +69,12 @@ def compose_config(overrides: list[str]) -> DictConfig:
         return compose(config_name="eval", overrides=overrides)
 
 
+def protocol_config(name: str = "paper", **overrides) -> ProtocolConfig:
+    """The settings of ``configs/eval/protocol/<name>.yaml`` (paper, ldisc, demo, smoke) with ``overrides``."""
+    cfg = compose_config([f"eval/protocol@protocol={name}"])
+    return ProtocolConfig.from_mapping({**OmegaConf.to_container(cfg.protocol), **overrides})
+
+
 class Evaluator:
     """Holds what one ``ldisc-eval`` command shares across batches of checkpoints (Ray, store, metrics)."""
 
@@ -79,7 +86,7 @@ class Evaluator:
         data = OmegaConf.to_container(cfg.data, resolve=True)
         self.data_cfg = {"size": data["size"], "val_fraction": data["val_fraction"], "max_test": data["max_test"],
                          "random_width": data["random_width"], "roots": data.get("roots") or {}}
-        preflight(self.tasks, self.data_cfg["roots"], self.data_cfg["size"])
+        preflight(self.tasks, self.data_cfg["roots"], self.data_cfg["size"], self.protocol_cfg["splits"])
         fleet = cfg.fleet
         self.fleet_cfg = FleetConfig(retries=int(fleet.retries), cpus_per_run=float(fleet.cpus_per_run),
                                      gpus_per_run=float(fleet.gpus_per_run), address=cfg.ray.address,

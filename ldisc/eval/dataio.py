@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ldisc.preprocess import crop_to_field_of_view, dicom_display, pad_to_square, window_to_uint8
 from ldisc.views import pil_to_tensor
 
 JSRT_SIDE = 2048
@@ -126,40 +127,37 @@ def read_jsrt(path: str | Path, side: int = JSRT_SIDE, invert: bool = True) -> n
 
 
 def read_dicom(path: str | Path) -> np.ndarray:
-    """A DICOM radiograph → uint8 (H, W), min–max scaled; MONOCHROME1 is inverted."""
+    """A DICOM radiograph → uint8 (H, W), windowed as ingestion windows (:func:`ldisc.preprocess.window_to_uint8`)."""
     import pydicom
 
     ds = pydicom.dcmread(str(path))
-    arr = ds.pixel_array.astype(np.float32)
-    lo, hi = float(arr.min()), float(arr.max())
-    arr = (arr - lo) / max(hi - lo, 1e-6)
-    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        arr = 1.0 - arr
-    return (arr * 255 + 0.5).astype(np.uint8)
+    window, rescale = dicom_display(ds)
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    bits = int(getattr(ds, "BitsStored", 8) or 8)
+    arr, _ = window_to_uint8(ds.pixel_array, photometric, bits, window, rescale)
+    return arr
 
 
-def square_pad(arr: np.ndarray) -> np.ndarray:
-    """Pad an (H, W[, C]) array with zeros to a centred square, so that resizing keeps proportions."""
-    h, w = arr.shape[:2]
-    side = max(h, w)
-    top, left = (side - h) // 2, (side - w) // 2
-    pad = [(top, side - h - top), (left, side - w - left)] + [(0, 0)] * (arr.ndim - 2)
-    return np.pad(arr, pad)
-
-
-def to_tensors(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def to_tensors(image: np.ndarray, mask: np.ndarray, size: int, fov_crop: bool = False,
+               mask_threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     """(image uint8 HxW[x3], mask bool HxW) → image (3, size, size) in [0, 1], mask (1, size, size) in {0, 1}.
 
-    Both are padded to a square first. The mask is resampled by area averaging and thresholded at 0.5,
-    so thin structures (vessels) keep their width on average instead of vanishing as under nearest.
+    ``fov_crop``: a fundus image and its mask are first cropped to the field-of-view box (the same
+    function ingestion crops with). Both are then padded to a square (:func:`ldisc.preprocess.pad_to_square`).
+    The mask is resampled by area averaging and binarised at ``mask_threshold`` (0.5: thin vessels keep
+    their width on average; the authors binarise their resized masks at 0.3).
     """
     if image.shape[:2] != mask.shape[:2]:
         raise ValueError(f"image {image.shape[:2]} and mask {mask.shape[:2]} differ in size")
-    image, mask = square_pad(image), square_pad(mask.astype(bool))
+    mask = mask.astype(bool)
+    if fov_crop:
+        rgb = image if image.ndim == 3 else np.stack([image] * 3, axis=2)
+        (image, mask), _ = crop_to_field_of_view(rgb, mask)
+    image, mask = pad_to_square(image)[0], pad_to_square(mask)[0]
     pil = Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR)
     x = pil_to_tensor(pil)
     m = torch.from_numpy(mask.astype(np.float32))[None, None]
     if m.shape[-1] != size:
         mode = "area" if m.shape[-1] > size else "bilinear"
         m = F.interpolate(m, size=(size, size), mode=mode, **({} if mode == "area" else {"align_corners": False}))
-    return x, (m[0] >= 0.5).float()
+    return x, (m[0] >= mask_threshold).float()

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ldisc.eval.protocol import ProtocolConfig, run_protocol
+from ldisc.eval.protocol import ProtocolConfig, kaiming_init, run_protocol
 from ldisc.eval.taskdata import load_task_data
-from ldisc.eval.tasks import get_task
+from ldisc.eval.tasks import Task, get_task
 from ldisc.model import VGGEncoder, load_encoder
 
 RANDOM = "random"
@@ -116,10 +116,16 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _build_encoder(spec: RunSpec) -> VGGEncoder:
+def build_encoder(spec: RunSpec, task: Task, cfg: ProtocolConfig) -> VGGEncoder:
+    """The checkpoint's encoder, or the random-init baseline's: Kaiming-initialised (``init``), with
+    ``xray_channels`` input channels for an X-ray task and 3 for fundus."""
     if spec.checkpoint.path is None:
         torch.manual_seed(spec.seed)
-        return VGGEncoder(spec.data.get("random_width", "tiny"))
+        in_channels = cfg.xray_channels if task.modality == "xray" else 3
+        enc = VGGEncoder(spec.data.get("random_width", "tiny"), in_channels=in_channels)
+        if cfg.init == "kaiming":
+            kaiming_init(enc)
+        return enc
     return load_encoder(spec.checkpoint.path)
 
 
@@ -151,10 +157,12 @@ def execute_run(spec: RunSpec) -> tuple[dict, list[dict]]:
     marker = _mark_running(spec)
     started, t0 = _now(), time.perf_counter()
     try:
-        data = load_task_data(get_task(spec.task), spec.data.get("roots") or {}, spec.data.get("size"),
-                              spec.data.get("val_fraction", 0.2), spec.data.get("max_test"))
-        cfg = ProtocolConfig(**spec.protocol_cfg)
-        result = run_protocol(_build_encoder(spec), data, spec.protocol, cfg, spec.seed)
+        cfg = ProtocolConfig(**spec.protocol_cfg).validated()
+        task = get_task(spec.task)
+        data = load_task_data(task, spec.data.get("roots") or {}, spec.data.get("size"),
+                              spec.data.get("val_fraction", 0.2), spec.data.get("max_test"), **cfg.data_options())
+        scratch = spec.checkpoint.path is None and cfg.random_init == "scratch"
+        result = run_protocol(build_encoder(spec, task, cfg), data, spec.protocol, cfg, spec.seed, scratch=scratch)
     finally:
         if marker is not None:
             marker.unlink(missing_ok=True)
@@ -164,7 +172,7 @@ def execute_run(spec: RunSpec) -> tuple[dict, list[dict]]:
         "val_dice": result.val_dice, "best_epoch": result.best_epoch, "epochs_frozen": result.epochs_frozen,
         "epochs_finetune": result.epochs_finetune, "n_train": len(data.train), "n_val": len(data.val),
         "n_test": len(data.test), "n_skipped": len(data.skipped), "test_names": data.test.names,
-        "input_size": data.size, "batch_size": cfg.batch_size, "wall_s": time.perf_counter() - t0,
+        "input_size": data.size, "batch_size": result.batch_size, "wall_s": time.perf_counter() - t0,
         "train_s": result.train_seconds, "host": socket.gethostname(), "pid": os.getpid(),
         "device": str(torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")),
         "versions": json.dumps(versions(), sort_keys=True), "started_at": started, "finished_at": _now(),
