@@ -135,12 +135,14 @@ def newest_k8s_version() -> str:
 # semantic checks
 
 def pod_specs(node, where: str = ""):
-    """Every pod spec inside an object (anything with a ``containers`` list), with its path."""
+    """Every pod spec inside an object (anything with a ``containers`` list), with its path. A
+    TrainJob's ``podSpecOverrides`` are partial (merged into its runtime's pod spec) and skipped."""
     if isinstance(node, dict):
         if isinstance(node.get("containers"), list):
             yield where, node
         for key, value in node.items():
-            yield from pod_specs(value, f"{where}.{key}" if where else key)
+            if key != "podSpecOverrides":
+                yield from pod_specs(value, f"{where}.{key}" if where else key)
     elif isinstance(node, list):
         for i, value in enumerate(node):
             yield from pod_specs(value, f"{where}[{i}]")
