@@ -82,9 +82,17 @@ def rbac_objects(namespace: str, account: str = APP) -> list[dict]:
     ]
 
 
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the ConfigMap's files) as literal blocks, readable in a dry run."""
+
+
+_Dumper.add_representer(str, lambda d, s: d.represent_scalar(
+    "tag:yaml.org,2002:str", s, style="|" if "\n" in s and not any(l != l.rstrip() for l in s.splitlines()) else None))
+
+
 def yaml_stream(objects: list[dict]) -> str:
     """One YAML stream, documents in order, keys in the order they were built."""
-    return yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False)
+    return yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
 def file_name(obj: dict) -> str:

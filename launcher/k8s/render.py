@@ -57,6 +57,8 @@ def compose_launch(entry: str, overrides: list[str], **set_keys) -> Launch:
     cfg = compose(None, [f"+launch={group}", *values])
     launch = OmegaConf.to_container(cfg.launch, resolve=True)
     launch.update({k: v for k, v in set_keys.items() if v is not None})
+    if launch["procs_per_node"] is None:
+        launch["procs_per_node"] = max(int(launch["gpus_per_node"]), 1)
     return Launch(entry, launch, entry_o)
 
 
