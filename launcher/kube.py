@@ -66,9 +66,9 @@ KINDS = {k.kind: k for k in (
     Kind("PodMonitor", "monitoring.coreos.com/v1", "podmonitors"),
     Kind("PrometheusRule", "monitoring.coreos.com/v1", "prometheusrules"),
 )}
-# What `delete NAME` removes: the job's own namespaced objects. Cluster-scoped ones (the shared
-# ClusterTrainingRuntime, a Namespace) and Pods (garbage-collected with their owner) are left alone.
-OWNED_KINDS = [k for k in KINDS.values() if k.namespaced and k.kind not in ("Pod", "Secret", "PersistentVolumeClaim")]
+# What `delete NAME` removes: the kinds a launch renders (launcher.k8s). RBAC, Namespace and the shared
+# ClusterTrainingRuntime are platform objects; pods go with their owner (garbage collector).
+OWNED_KINDS = [k for k in KINDS.values() if k.workload or k.kind in ("ConfigMap", "Service", "PodMonitor")]
 
 
 class KubeError(Exception):
