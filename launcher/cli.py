@@ -115,8 +115,8 @@ def render_k8s(ln) -> list[dict]:
 
     try:
         objects = render(ln)
-    except (ValueError, KeyError) as e:
-        raise UsageError(str(e).strip("'\"")) from None
+    except Exception as e:      # bad launch.* values (ValueError) or Hydra override errors → one line
+        raise UsageError(" ".join(str(e).strip("'\"").split())[:300]) from None
     nodes = int(ln.launch["nodes"]) if ln.entry == "pretrain" else None
     problems = semantic_problems(objects, nodes=nodes, secret_values=environment_secrets())
     if problems:

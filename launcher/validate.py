@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import copy
 import functools
 import os
 import re
@@ -39,20 +38,22 @@ def crd_dir() -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def _crd_schemas(directory: str) -> dict[tuple[str, str], dict]:
-    """(apiVersion, kind) -> JSON schema, for every served version of every CRD in ``directory``."""
-    schemas = {}
+def _crd_schema(directory: str, api_version: str, kind: str) -> dict | None:
+    """The JSON schema of ``kind`` at ``api_version`` from the CRD in ``directory`` that defines it (only
+    that file is parsed: the operator CRDs are megabytes of YAML)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     for path in sorted(Path(directory).glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if not doc or doc.get("kind") != "CustomResourceDefinition":
+        text = path.read_text()
+        if not re.search(rf"^\s+kind: {re.escape(kind)}\s*$", text, re.M):
+            continue
+        for doc in yaml.load_all(text, Loader=loader):
+            if not doc or doc.get("kind") != "CustomResourceDefinition" or doc["spec"]["names"]["kind"] != kind:
                 continue
-            spec = doc["spec"]
-            for version in spec["versions"]:
+            for version in doc["spec"]["versions"]:
                 schema = version.get("schema", {}).get("openAPIV3Schema")
-                if schema:
-                    key = (f"{spec['group']}/{version['name']}", spec["names"]["kind"])
-                    schemas[key] = _as_json_schema(schema)
-    return schemas
+                if schema and f"{doc['spec']['group']}/{version['name']}" == api_version:
+                    return _as_json_schema(schema)
+    return None
 
 
 def _as_json_schema(node):
@@ -95,7 +96,7 @@ def _crd_errors(obj: dict, directory: Path) -> list[str]:
 
     if not directory.is_dir():
         return [f"CRD schema folder {directory} is absent (set LDISC_CRD_DIR)"]
-    schema = _crd_schemas(str(directory)).get((obj.get("apiVersion"), obj.get("kind")))
+    schema = _crd_schema(str(directory), str(obj.get("apiVersion")), str(obj.get("kind")))
     if schema is None:
         return [f"no CRD schema for {obj.get('kind')} {obj.get('apiVersion')} in {directory}"]
     validator = jsonschema.Draft202012Validator(schema)
@@ -104,16 +105,40 @@ def _crd_errors(obj: dict, directory: Path) -> list[str]:
     return errors + _metadata_errors(obj)
 
 
+@functools.lru_cache(maxsize=None)
+def _core_validator(kind: str, api_version: str, k8s_version: str):
+    """A strict jsonschema validator for one core kind, built once (kubernetes-validate's schema files,
+    the same lookup as ``kubernetes_validate.validate(strict=True)``, with the definitions loaded once)."""
+    import jsonschema
+    import kubernetes_validate as kv
+    from kubernetes_validate import utils
+    from referencing import Registry, Resource
+
+    desired = k8s_version[1:] if k8s_version.startswith("v") else k8s_version
+    if utils.major_minor(desired) > utils.latest_version():
+        raise kv.utils.VersionNotSupportedError(utils.major_minor(desired))
+    version = [v for v in utils.all_versions() if utils.major_minor(v) <= utils.major_minor(desired)][-1]
+    group = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    folder = f"kubernetes-json-schema/v{version}-local-strict"
+    try:
+        schema = utils.schema_contents(f"{folder}/{kind.lower()}-{group}.json", desired)
+    except FileNotFoundError:
+        raise kv.SchemaNotFoundError(version=utils.major_minor(desired), kind=kind, api_version=api_version) from None
+    registry = Resource.from_contents(utils.schema_contents(f"{folder}/_definitions.json", desired)) @ (
+        Resource.from_contents(schema) @ Registry())
+    return jsonschema.Draft202012Validator(schema, registry=registry), utils.major_minor(version)
+
+
 def _core_errors(obj: dict, k8s_version: str) -> list[str]:
     import kubernetes_validate as kv
 
     try:
-        kv.validate(copy.deepcopy(obj), k8s_version, strict=True)
-    except kv.ValidationError as e:
-        return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message} (k8s {e.version})"]
+        validator, version = _core_validator(obj["kind"], obj["apiVersion"], k8s_version)
     except (kv.SchemaNotFoundError, kv.utils.VersionNotSupportedError) as e:
         return [e.message]
-    return _metadata_errors(obj)
+    errors = [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message} (k8s {version})"
+              for e in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))]
+    return errors + _metadata_errors(obj)
 
 
 def validate_object(obj: dict, k8s_version: str = "1.29") -> list[str]:
