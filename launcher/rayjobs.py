@@ -22,8 +22,13 @@ class RayJobError(Exception):
 
 
 def _short(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text[:300]
+    """One line: for a server-side traceback ("...status code 500: Traceback ..."), its final line."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    if "Traceback (most recent call last)" in lines[0] and len(lines) > 1:
+        return f"{lines[0].split('Traceback')[0].strip()} {lines[-1]}"[:300]
+    return " ".join(lines)[:300]
 
 
 def _client(address: str):
@@ -33,10 +38,13 @@ def _client(address: str):
         from ray.job_submission import JobSubmissionClient
     except ImportError as e:
         raise RayJobError(f"the Ray Jobs client needs ray[default] ({_short(e)})") from None
-    try:
-        return JobSubmissionClient(address)
-    except (ConnectionError, RuntimeError, OSError) as e:
-        raise RayJobError(f"cannot reach the Ray dashboard at {address}: {_short(e)}") from None
+    for attempt in range(3):        # a busy dashboard drops a connection now and then
+        try:
+            return JobSubmissionClient(address)
+        except (ConnectionError, RuntimeError, OSError) as e:
+            if attempt == 2:
+                raise RayJobError(f"cannot reach the Ray dashboard at {address}: {_short(e)}") from None
+            time.sleep(1.0)
 
 
 def _call(address: str, what: str, fn, *args, **kwargs):
