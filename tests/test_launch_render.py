@@ -221,3 +221,16 @@ def test_console_entry_exit_status_in_a_real_process():
                           capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
                                                                "HOME": "/tmp"}, timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith("ldisc-launch: --target ray needs --address"), proc.stderr
+
+
+def test_ray_and_local_dry_runs_show_the_command(capsys):
+    assert main(["eval", "--target", "ray", "--address", "http://127.0.0.1:8265", "--dry-run", "--name", "ev1",
+                 "tasks=[paper]", "seeds=[0]"]) == 0
+    assert capsys.readouterr().out.strip() == ("ray job submit --address http://127.0.0.1:8265 --submission-id ev1 -- "
+                                               "python -m ldisc.eval.cli 'tasks=[paper]' 'seeds=[0]' ray.address=auto")
+    assert main(["pretrain", "--target", "local", "--dry-run", "launch.procs_per_node=3", "run_dir=runs/x"]) == 0
+    argv = capsys.readouterr().out.split()
+    assert argv[1:3] == ["-m", "torch.distributed.run"] and argv[argv.index("--nproc-per-node") + 1] == "3"
+    assert argv[-3:] == ["-m", "ldisc.train.cli", "run_dir=runs/x"]
+    assert main(["ingest", "--target", "local", "--dry-run", *INGEST, "launch.ingest.dataset=/d"]) == 0
+    assert capsys.readouterr().out.split()[:6] == ["ldisc-shard", "ingest", "/data/drop/h7", "--dataset", "/d", "--site"]
