@@ -152,7 +152,6 @@ def test_delete_removes_every_labelled_object(kube):
         delete_job(name, ns, kube.kubeconfig)
 
 
-@pytest.mark.slow   # the first CRD-schema validation parses ../shared/crds (~50 s with PyYAML's pure-Python loader)
 @pytest.mark.skipif(not crd_dir().is_dir(), reason=f"no CRDs in {crd_dir()} (PyTorchJob schema)")
 def test_pytorchjob_conditions_through_custom_objects(kube):
     ns, name = "team-f", "ldisc-ptj"
