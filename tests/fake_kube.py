@@ -270,7 +270,7 @@ def _handler(kube: FakeKube):
             if name is None:
                 items = kube.listing(kind, namespace if kind.namespaced and namespace else None,
                                      query.get("labelSelector", ""))
-                if query.get("watch") in ("true", "1"):
+                if query.get("watch", "").lower() in ("true", "1"):     # the Python client sends "True"
                     return self._watch(items)
                 return self._send(200, {"kind": f"{kind.kind}List", "apiVersion": kind.api_version,
                                         "metadata": {"resourceVersion": "1"}, "items": items})

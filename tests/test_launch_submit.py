@@ -135,6 +135,21 @@ def test_logs_of_every_pod_prefixed(kube):
     assert sorted(followed) == sorted(job_logs(name, ns, kube.kubeconfig))
 
 
+def test_watch_streams_the_current_objects(kube):
+    from kubernetes import client, watch
+
+    from launcher.kube import api_client
+
+    ns, name = "team-w", "ldisc-watch"
+    apply_objects(_objects(name), ns, kube.kubeconfig)
+    _pods(kube, name, ns, ["Pending", "Running"], [0, 0])
+    core = client.CoreV1Api(api_client(kube.kubeconfig))
+    events = list(watch.Watch().stream(core.list_namespaced_pod, ns, label_selector=f"{INSTANCE}={name}",
+                                       timeout_seconds=5))
+    assert [(e["type"], e["object"].metadata.name, e["object"].status.phase) for e in events] == [
+        ("ADDED", f"{name}-0-x0", "Pending"), ("ADDED", f"{name}-1-x1", "Running")]
+
+
 def test_delete_removes_every_labelled_object(kube):
     ns, name = "team-e", "ldisc-del"
     apply_objects(_objects(name), ns, kube.kubeconfig)
