@@ -19,8 +19,10 @@ import os
 import queue
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
+
+from launcher.jobstatus import JobStatus, overall_phase, pod_info, workload_status
 
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 
@@ -226,129 +228,6 @@ def delete_job(name: str, namespace: str, kubeconfig: str | None = None) -> list
 
 # -- status ----------------------------------------------------------------------------------------
 
-PHASES = ("Pending", "Running", "Succeeded", "Failed", "Unknown")
-_SUCCEEDED = {"Complete", "Succeeded", "SuccessCriteriaMet"}
-_FAILED = {"Failed", "FailureTarget"}
-_RUNNING = {"Running", "Restarting"}
-_RAY_STATUS = {"PENDING": "Pending", "RUNNING": "Running", "SUCCEEDED": "Succeeded", "FAILED": "Failed",
-               "STOPPED": "Failed"}
-
-
-@dataclass
-class Condition:
-    type: str
-    status: str
-    reason: str = ""
-    message: str = ""
-
-
-@dataclass
-class Workload:
-    kind: str
-    name: str
-    phase: str
-    conditions: list[Condition] = field(default_factory=list)
-    detail: str = ""
-
-
-@dataclass
-class PodInfo:
-    name: str
-    phase: str
-    restarts: int = 0
-    reason: str = ""        # e.g. CrashLoopBackOff, OOMKilled, ImagePullBackOff
-    node: str = ""
-
-
-@dataclass
-class JobStatus:
-    name: str
-    namespace: str
-    phase: str
-    workloads: list[Workload] = field(default_factory=list)
-    pods: list[PodInfo] = field(default_factory=list)
-    checkpoint_step: int | None = None
-    checkpoint_source: str = ""
-
-    @property
-    def restarts(self) -> int:
-        return sum(p.restarts for p in self.pods)
-
-    def render(self) -> str:
-        out = [f"{self.name}  namespace={self.namespace}  phase={self.phase}"]
-        for w in self.workloads:
-            out.append(f"  {w.kind}/{w.name}  {w.phase}" + (f"  ({w.detail})" if w.detail else ""))
-            for c in w.conditions:
-                why = ": ".join(x for x in (c.reason, c.message) if x)
-                out.append(f"    {c.type}={c.status}" + (f"  {why}" if why else ""))
-        out.append(f"  pods: {len(self.pods)}  restarts: {self.restarts}")
-        for p in self.pods:
-            extra = "".join(f"  {k}={v}" for k, v in (("reason", p.reason), ("node", p.node)) if v)
-            out.append(f"    {p.name}  {p.phase}  restarts={p.restarts}{extra}")
-        step = "unknown" if self.checkpoint_step is None else f"step {self.checkpoint_step}"
-        out.append(f"  checkpoint: {step}" + (f"  ({self.checkpoint_source})" if self.checkpoint_source else ""))
-        return "\n".join(out)
-
-
-def _conditions(obj: dict) -> list[Condition]:
-    return [Condition(c.get("type", ""), str(c.get("status", "")), c.get("reason", "") or "",
-                      c.get("message", "") or "") for c in (obj.get("status") or {}).get("conditions") or []]
-
-
-def _workload(kind: Kind, obj: dict) -> Workload:
-    status = obj.get("status") or {}
-    conds = _conditions(obj)
-    true = {c.type for c in conds if c.status == "True"}
-    detail = ""
-    if true & _FAILED:
-        phase = "Failed"
-    elif true & _SUCCEEDED:
-        phase = "Succeeded"
-    elif true & _RUNNING:
-        phase = "Running"
-    else:
-        phase = "Pending"
-    if kind.kind == "Job":
-        detail = f"active={status.get('active', 0)} succeeded={status.get('succeeded', 0)} failed={status.get('failed', 0)}"
-        if phase == "Pending" and status.get("active"):
-            phase = "Running"
-    elif kind.kind == "CronJob":
-        active = len(status.get("active") or [])
-        detail = f"schedule={obj.get('spec', {}).get('schedule')} active={active} last={status.get('lastScheduleTime')}"
-        phase = "Running" if active else ("Succeeded" if status.get("lastSuccessfulTime") else "Pending")
-    elif kind.kind == "RayJob" and status.get("jobStatus"):
-        phase = _RAY_STATUS.get(status["jobStatus"], phase)
-        detail = f"jobStatus={status['jobStatus']} deployment={status.get('jobDeploymentStatus', '')}"
-        if status.get("message") or status.get("reason"):
-            conds.append(Condition("RayJob", status["jobStatus"], status.get("reason", ""), status.get("message", "")))
-    return Workload(kind.kind, obj["metadata"]["name"], phase, conds, detail)
-
-
-def _pod(pod: dict) -> PodInfo:
-    status = pod.get("status") or {}
-    statuses = (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
-    reason = status.get("reason", "") or ""
-    for cs in statuses:
-        state = cs.get("state") or {}
-        waiting = (state.get("waiting") or {}).get("reason")
-        last = ((cs.get("lastState") or {}).get("terminated") or {}).get("reason")
-        reason = reason or waiting or last or ""
-    return PodInfo(pod["metadata"]["name"], status.get("phase", "Unknown"),
-                   sum(int(cs.get("restartCount", 0)) for cs in statuses), reason,
-                   (pod.get("spec") or {}).get("nodeName", "") or "")
-
-
-def _overall(workloads: list[Workload], pods: list[PodInfo]) -> str:
-    phases = {w.phase for w in workloads}
-    if "Failed" in phases:
-        return "Failed"
-    if "Running" in phases or any(p.phase == "Running" for p in pods):
-        return "Running"
-    if phases and phases <= {"Succeeded"}:
-        return "Succeeded"
-    return "Pending" if phases or pods else "Unknown"
-
-
 _STEP_RE = re.compile(r"^ldisc_train_checkpoint_step(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$", re.M)
 
 
@@ -385,11 +264,11 @@ def job_status(name: str, namespace: str, kubeconfig: str | None = None) -> JobS
     pods = _owned(api, name, namespace, [KINDS["Pod"]])
     if not found and not pods:
         raise KubeError(f"no job labelled {INSTANCE_LABEL}={name} in namespace {namespace}")
-    workloads = [_workload(k, o) for k, o in found]
+    workloads = [workload_status(k.kind, o) for k, o in found]
     pod_dicts = sorted((o for _, o in pods), key=lambda o: o["metadata"]["name"])
-    infos = [_pod(p) for p in pod_dicts]
+    infos = [pod_info(p) for p in pod_dicts]
     step, source = _checkpoint_step(api, pod_dicts, namespace)
-    return JobStatus(name, namespace, _overall(workloads, infos), workloads, infos, step, source)
+    return JobStatus(name, namespace, overall_phase(workloads, infos), workloads, infos, step, source)
 
 
 # -- logs ------------------------------------------------------------------------------------------
