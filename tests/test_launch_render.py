@@ -234,3 +234,27 @@ def test_ray_and_local_dry_runs_show_the_command(capsys):
     assert argv[-3:] == ["-m", "ldisc.train.cli", "run_dir=runs/x"]
     assert main(["ingest", "--target", "local", "--dry-run", *INGEST, "launch.ingest.dataset=/d"]) == 0
     assert capsys.readouterr().out.split()[:6] == ["ldisc-shard", "ingest", "/data/drop/h7", "--dataset", "/d", "--site"]
+
+
+@pytest.mark.skipif(not crd_dir().is_dir(), reason=f"no CRDs in {crd_dir()} (PyTorchJob schema)")
+def test_done_when_dry_run_then_apply_then_status_through_the_cli(tmp_path, capsys):
+    """The issue's path: dry-run → the same objects applied by the CLI to a (fake, validating) API server →
+    ``status`` follows them. The server is tests/fake_kube.py, driven through the official client."""
+    from fake_kube import FakeKube
+
+    args = ["pretrain", "--target", "k8s", "--name", "ld-done", "--namespace", "team-done",
+            "launch.nodes=4", "launch.gpus_per_node=8", "launch.k8s.kind=pytorchjob"]
+    assert main([*args, "--dry-run"]) == 0
+    shown = list(yaml.safe_load_all(capsys.readouterr().out))
+    with FakeKube() as kube:
+        kubeconfig = str(kube.write_kubeconfig(tmp_path / "kubeconfig"))
+        assert main([*args, "--kubeconfig", kubeconfig]) == 0
+        out = capsys.readouterr().out
+        assert "PyTorchJob/ld-done created" in out and "ConfigMap/ld-done-config created" in out
+        stored = kube.get("PyTorchJob", "ld-done", "team-done")
+        assert stored["spec"] == next(o for o in shown if o["kind"] == "PyTorchJob")["spec"]
+        kube.set_status("PyTorchJob", "ld-done", "team-done", {"conditions": [
+            {"type": "Running", "status": "True", "reason": "PyTorchJobRunning", "message": "running"}]})
+        assert main(["status", "ld-done", "--namespace", "team-done", "--kubeconfig", kubeconfig]) == 0
+        assert "Running" in capsys.readouterr().out
+        assert main(["status", "nope", "--namespace", "team-done", "--kubeconfig", kubeconfig]) == 1
