@@ -67,18 +67,20 @@ def ray_head():
     tmp = tempfile.mkdtemp(prefix="lr", dir="/tmp")     # short: Ray's unix socket paths must fit 107 bytes
     env = os.environ | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
                         "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
-    for _ in range(2):
-        proc, address = _start_head(tmp, env)
-        if address:
-            break
-        _stop(proc)
-    else:
-        pytest.fail("Ray head did not come up twice: " + " | ".join(
-            (p.read_text().strip().splitlines() or ["(empty log)"])[-1] for p in sorted(Path(tmp).glob("head-*.log"))))
     try:
-        yield address
+        for _ in range(2):
+            proc, address = _start_head(tmp, env)
+            if address:
+                break
+            _stop(proc)
+        else:
+            last = [(log.read_text().strip().splitlines() or ["(empty)"])[-1] for log in Path(tmp).glob("head-*.log")]
+            pytest.fail("Ray head did not come up twice: " + " | ".join(last))
+        try:
+            yield address
+        finally:
+            _stop(proc)
     finally:
-        _stop(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
