@@ -24,10 +24,18 @@ REPO = Path(__file__).resolve().parents[1]
 LAUNCH = [sys.executable, "-m", "launcher.cli"]
 
 
-def _launch(*args: str, timeout: float = 300) -> str:
+RAY_START_TIMEOUT = "The current node timed out during startup"    # Ray's fixed 30 s raylet registration
+
+
+def _launch(*args: str, timeout: float = 300, attempts: int = 1) -> str:
+    """``ldisc-launch ARGS`` as a real process; ``attempts`` > 1 retries only a local Ray that failed to
+    come up (a loaded machine), never a failure of the launched command itself."""
     env = cli_env(LDISC_PATIENT_KEY_SECRET=SECRET, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled",
                   PYTHONUNBUFFERED="1")
-    proc = subprocess.run([*LAUNCH, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    for attempt in range(attempts):
+        proc = subprocess.run([*LAUNCH, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode == 0 or RAY_START_TIMEOUT not in proc.stderr:
+            break
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return proc.stdout + proc.stderr
 
@@ -62,7 +70,7 @@ def eval_run(tmp) -> Path:
     out = tmp / "eval"
     _launch("eval", "--target", "local", "protocol=smoke", "protocol.epochs_frozen=2", "data.max_test=4",
             "ray.num_cpus=2", "fleet.progress=false", "protocols=[frozen]", "seeds=[0]", "checkpoints=[random]",
-            "tasks=[synth_idrid_disc@8]", "report.enabled=false", f"out_dir={out}")
+            "tasks=[synth_idrid_disc@8]", "report.enabled=false", f"out_dir={out}", attempts=2)
     return out
 
 
