@@ -2,15 +2,23 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 
+# A wheel installs configs/ as data files under <prefix>/share/ldisc/configs (pyproject: data-files).
+INSTALLED_CONFIGS = Path("share") / "ldisc" / "configs"
+
+
 def config_dir() -> Path:
-    """``$LDISC_CONFIG_DIR`` if set, else ``configs/`` beside the package."""
+    """``$LDISC_CONFIG_DIR`` if set, else ``configs/`` beside the package (a checkout or editable install),
+    else the copy a non-editable install put under ``<sys.prefix>/share/ldisc/configs``."""
     env = os.environ.get("LDISC_CONFIG_DIR")
     path = Path(env) if env else Path(__file__).resolve().parents[1] / "configs"
+    if not env and not (path / "pretrain.yaml").is_file():
+        path = Path(sys.prefix) / INSTALLED_CONFIGS
     if not (path / "pretrain.yaml").is_file():
         raise FileNotFoundError(f"no ldisc configs in {path}; set LDISC_CONFIG_DIR to the configs/ folder")
     return path

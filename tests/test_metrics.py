@@ -13,7 +13,7 @@ from ldisc.train.env import free_port
 
 NAMES = ("ldisc_train_step_seconds_bucket", "ldisc_train_images_per_second", "ldisc_train_loss",
          "ldisc_train_data_wait_seconds_count", "ldisc_train_bank_fill_ratio",
-         "ldisc_train_checkpoint_save_seconds_count", "ldisc_process_resident_memory_bytes",
+         "ldisc_train_checkpoint_save_seconds_count", "ldisc_train_checkpoint_step", "ldisc_process_resident_memory_bytes",
          "ldisc_process_max_resident_memory_bytes", "ldisc_train_stage")
 
 
@@ -42,6 +42,7 @@ def test_metrics_are_served_and_written(tmp_path):
     for name in NAMES:
         assert re.search(name + r'\{[^}]*rank="0"', last), name
     assert 'ldisc_train_steps_total{rank="0"} 3.0' in last
+    assert 'ldisc_train_checkpoint_step{rank="0"} 3.0' in last
     assert 'ldisc_train_loss{rank="0",term="patch"}' in last
     assert 'ldisc_train_bank_fill_ratio{rank="0"} 1.0' in last     # 3 steps x 2 x 64 vectors > 128
     text = (tmp_path / "metrics.rank0.prom").read_text()

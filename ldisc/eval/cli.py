@@ -10,13 +10,13 @@ Exit status: 0 when every run succeeded, 1 when some failed, 2 on bad usage.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from ldisc.config import config_dir
 from ldisc.eval.fleet import FleetConfig, FleetSummary, init_ray, plan_runs, run_fleet, run_serial
 from ldisc.eval.monitor import FleetMonitor
 from ldisc.eval.protocol import ProtocolConfig
@@ -29,10 +29,6 @@ from ldisc.eval.watch import watch_checkpoints
 
 FLAGS_WITH_VALUE = {"--watch": "watch.dir", "--metrics-port": "metrics.port", "--out": "out_dir"}
 FLAGS = {"--report-only": "report_only", "--serial": "serial"}
-
-
-def config_dir() -> Path:
-    return Path(os.environ.get("LDISC_CONFIG_DIR") or Path(__file__).resolve().parents[2] / "configs")
 
 
 def parse_argv(argv: list[str]) -> tuple[dict[str, bool], list[str]]:

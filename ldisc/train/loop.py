@@ -125,7 +125,7 @@ class Trainer:
         path, seconds = ckpt.save_checkpoint(self.run_dir, self.step, write, int(self.cfg.train.keep_checkpoints),
                                              {"stage": self.stage, "world_size": self.info.world_size},
                                              rank=self.rank, barrier=barrier)
-        self.metrics.observe_checkpoint(seconds)
+        self.metrics.observe_checkpoint(seconds, self.step)
         self.last_checkpoint = path
         return path
 
@@ -166,6 +166,7 @@ class Trainer:
         barrier()
         self.losses = self.log.read() if self.rank == 0 else []
         self.last_checkpoint = path
+        self.metrics.set_checkpoint_step(self.step)
 
     def _restore_bank(self, directory: Path) -> None:
         """Same world size and capacity: this rank's shard as saved (same row order, so the bank's NCE

@@ -37,6 +37,8 @@ class TrainMetrics:
         self.bank_fill = Gauge("ldisc_train_bank_fill_ratio", "Memory-bank entries / capacity", labels, registry=r)
         self.checkpoint_seconds = Histogram("ldisc_train_checkpoint_save_seconds", "Checkpoint save time",
                                             labels, buckets=STEP_BUCKETS, registry=r)
+        self.checkpoint_step = Gauge("ldisc_train_checkpoint_step", "Step of the newest complete checkpoint "
+                                     "(saved or resumed from)", labels, registry=r)
         self.max_rss = Gauge("ldisc_process_max_resident_memory_bytes", "Peak resident set size", labels, registry=r)
         self.rss = Gauge("ldisc_process_resident_memory_bytes", "Resident set size now", labels, registry=r)
         self.port = port + (rank if local_rank is None else local_rank) if port > 0 else 0
@@ -62,8 +64,12 @@ class TrainMetrics:
     def set_bank_fill(self, ratio: float) -> None:
         self.bank_fill.labels(self.rank).set(ratio)
 
-    def observe_checkpoint(self, seconds: float) -> None:
+    def observe_checkpoint(self, seconds: float, step: int) -> None:
         self.checkpoint_seconds.labels(self.rank).observe(seconds)
+        self.set_checkpoint_step(step)
+
+    def set_checkpoint_step(self, step: int) -> None:
+        self.checkpoint_step.labels(self.rank).set(step)
 
     def write(self, path: str | Path) -> None:
         write_to_textfile(str(path), self.registry)
