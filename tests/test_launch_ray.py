@@ -24,8 +24,8 @@ pytest.importorskip("aiohttp", reason="the Ray dashboard (Jobs API) needs ray[de
 
 
 def _start_head(tmp: str, env: dict) -> tuple[subprocess.Popen, str]:
-    """``ray start --head --block`` in its own session → (process, dashboard address) once the node is up,
-    or (exited process, "") where ``ray start`` gave up (its raylet wait is a fixed 30 s, which a loaded
+    """``ray start --head --block`` in its own session → (process, dashboard address) once a probe job
+    succeeded, or (process, "") where ``ray start`` gave up (its raylet wait is a fixed 30 s, which a loaded
     machine can exceed)."""
     dash = free_port()
     log = Path(tmp) / f"head-{dash}.log"
@@ -40,10 +40,19 @@ def _start_head(tmp: str, env: dict) -> tuple[subprocess.Popen, str]:
         if "Ray runtime started" in log.read_text():
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/version", timeout=5).read()
-                return proc, f"http://127.0.0.1:{dash}"
+                break
             except OSError:
                 pass
         time.sleep(0.5)
+    else:
+        return proc, ""
+    address = f"http://127.0.0.1:{dash}"
+    try:    # ready = a job runs (the raylet can still die waiting for its agents after "started")
+        if rayjobs.wait(address, rayjobs.submit(address, "true"), timeout_s=120, poll_s=0.5) == "SUCCEEDED":
+            return proc, address
+    except rayjobs.RayJobError as e:
+        with open(log, "a") as fh:
+            fh.write(f"\nprobe job: {e}\n")
     return proc, ""
 
 
