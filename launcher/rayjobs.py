@@ -27,7 +27,9 @@ def _short(e: BaseException) -> str:
     if not lines:
         return type(e).__name__
     if "Traceback (most recent call last)" in lines[0] and len(lines) > 1:
-        return f"{lines[0].split('Traceback')[0].strip()} {lines[-1]}"[:300]
+        # the client appends "." after the server's text: the exception line is the last real one
+        last = next((ln for ln in reversed(lines) if re.match(r"^[\w.]+(Error|Exception)\b", ln)), lines[-1])
+        return f"{lines[0].split('Traceback')[0].strip()} {last}"[:300]
     return " ".join(lines)[:300]
 
 

@@ -24,8 +24,8 @@ pytest.importorskip("aiohttp", reason="the Ray dashboard (Jobs API) needs ray[de
 
 
 def _start_head(tmp: str, env: dict) -> tuple[subprocess.Popen, str]:
-    """``ray start --head --block`` in its own session → (process, dashboard address) once the node is up,
-    or (exited process, "") where ``ray start`` gave up (its raylet wait is a fixed 30 s, which a loaded
+    """``ray start --head --block`` in its own session → (process, dashboard address) once a probe job
+    succeeded, or (process, "") where ``ray start`` gave up (its raylet wait is a fixed 30 s, which a loaded
     machine can exceed)."""
     dash = free_port()
     log = Path(tmp) / f"head-{dash}.log"
@@ -40,10 +40,19 @@ def _start_head(tmp: str, env: dict) -> tuple[subprocess.Popen, str]:
         if "Ray runtime started" in log.read_text():
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/version", timeout=5).read()
-                return proc, f"http://127.0.0.1:{dash}"
+                break
             except OSError:
                 pass
         time.sleep(0.5)
+    else:
+        return proc, ""
+    address = f"http://127.0.0.1:{dash}"
+    try:    # ready = a job runs (the raylet can still die waiting for its agents after "started")
+        if rayjobs.wait(address, rayjobs.submit(address, "true"), timeout_s=120, poll_s=0.5) == "SUCCEEDED":
+            return proc, address
+    except rayjobs.RayJobError as e:
+        with open(log, "a") as fh:
+            fh.write(f"\nprobe job: {e}\n")
     return proc, ""
 
 
@@ -51,7 +60,7 @@ def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(20)
+            proc.wait(5)      # `ray start --block` often outlives SIGTERM: then the whole group is killed
             return
         except subprocess.TimeoutExpired:
             pass
@@ -130,4 +139,7 @@ def test_ldisc_eval_runs_as_a_ray_job(ray_head, tmp_path):
                          {"env_vars": {"PYTHONPATH": str(REPO), "DS_BUILD_OPS": "0", "PYTHONUNBUFFERED": "1"}})
     state = rayjobs.wait(ray_head, job, timeout_s=500, poll_s=1)
     assert state == "SUCCEEDED", rayjobs.logs(ray_head, job)[-3000:]
-    assert (out / "results.parquet").is_file()
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    assert {(r["task"], r["protocol"]) for r in rows} == {("synth_idrid_disc@8", "frozen")}
