@@ -34,9 +34,9 @@ from test_train import TINY, cli_env, finish, losses_without_timing, start_torch
 
 from ldisc.config import compose
 from ldisc.train.checkpoint import latest_checkpoint
-from ldisc.train.env import free_port, init_distributed, single_process_env
+from ldisc.train.env import DistInfo, free_port, init_distributed, single_process_env
 from ldisc.train.loop import Trainer
-from ldisc.train.reshard import TMP_UNIVERSAL, UNIVERSAL, needs_universal, saved_layout
+from ldisc.train.reshard import TMP_UNIVERSAL, UNIVERSAL, needs_universal, saved_layout, universal_for
 
 SAVED, TOTAL = 3, 5          # steps before the checkpoint the resume starts from; steps in all
 LOSS_KEYS = ("patch", "mix", "total")
@@ -244,3 +244,14 @@ def test_layout_from_meta_and_stage_mismatch(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps({"step": 3, "world_size": 2, "zero_stage": 2}))
     assert needs_universal(tmp_path, 2, 3) and needs_universal(tmp_path, 4, 2)
     assert not needs_universal(tmp_path, 2, 2)
+
+
+def test_failed_conversion_is_one_clear_error_and_leaves_no_universal(tmp_path, capfd):
+    (tmp_path / "meta.json").write_text(json.dumps({"step": 3, "world_size": 2, "zero_stage": 2}))
+    (tmp_path / "ds").mkdir()                                   # no DeepSpeed files in it
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), owns_group=False)
+    with pytest.raises(RuntimeError, match=f"cannot re-shard {tmp_path} for 1 rank: "):
+        universal_for(tmp_path, "ds", info, 2)
+    assert "re-sharding the optimizer state" in capfd.readouterr().err
+    assert not (tmp_path / UNIVERSAL).exists() and not (tmp_path / TMP_UNIVERSAL).exists()
+    assert universal_for(tmp_path, "ds", DistInfo(0, 2, 0, torch.device("cpu"), False), 2) is None

@@ -14,15 +14,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import sys
 import os
 import shutil
+import sys
 import time
 from argparse import Namespace
 from pathlib import Path
 
 from ldisc.train.checkpoint import _fsync_dir_files as fsync_files
-from ldisc.train.env import DistInfo, barrier
+from ldisc.train.env import DistInfo, broadcast_object
 
 UNIVERSAL = "universal"
 TMP_UNIVERSAL = ".tmp-universal"
@@ -62,9 +62,13 @@ def convert_to_universal(checkpoint: Path, ds_tag: str) -> Path:
                      num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
                      inject_missing_state=True)
     quiet = io.StringIO()                                # its prints and progress bars
-    with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-        ds_to_universal.main(args)
-    fsync_files(tmp)
+    try:
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            ds_to_universal.main(args)
+        fsync_files(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -81,6 +85,7 @@ def universal_for(checkpoint: Path, ds_tag: str, info: DistInfo, zero_stage: int
     if not needs_universal(checkpoint, info.world_size, zero_stage):
         return None
     folder = universal_dir(checkpoint)
+    error = None
     if info.rank == 0:
         saved_world, saved_stage = saved_layout(checkpoint, zero_stage)
         what = (f"ldisc: {checkpoint.name} was saved by {_ranks(saved_world)} (ZeRO {saved_stage}); resuming on "
@@ -90,9 +95,15 @@ def universal_for(checkpoint: Path, ds_tag: str, info: DistInfo, zero_stage: int
         else:
             _say(f"{what}: re-sharding the optimizer state through a universal checkpoint, written once to {folder}")
             started = time.perf_counter()
-            convert_to_universal(checkpoint, ds_tag)
-            _say(f"ldisc: universal checkpoint written in {time.perf_counter() - started:.1f} s")
-    barrier()
+            try:
+                convert_to_universal(checkpoint, ds_tag)
+            except Exception as err:  # noqa: BLE001 - every rank must learn it, not wait for rank 0
+                error = f"{type(err).__name__}: {err}"
+            else:
+                _say(f"ldisc: universal checkpoint written in {time.perf_counter() - started:.1f} s")
+    error = broadcast_object(error)
+    if error:
+        raise RuntimeError(f"cannot re-shard {checkpoint} for {_ranks(info.world_size)}: {error}")
     return folder
 
 
