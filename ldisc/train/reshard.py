@@ -39,12 +39,16 @@ def saved_layout(checkpoint: Path, zero_stage: int) -> tuple[int, int]:
 
 
 def needs_universal(checkpoint: Path, world_size: int, zero_stage: int) -> bool:
-    """True when the optimizer partitions in ``checkpoint`` do not fit ``world_size`` ranks."""
+    """True when the optimizer partitions in ``checkpoint`` do not fit ``world_size`` ranks.
+
+    The ZeRO stage must stay that of the save: DeepSpeed's universal loader under ZeRO 3 expects
+    ZeRO-3 model files (a ZeRO 2 → 3 resume failed), and ZeRO 0 has no partitions to convert.
+    """
     saved_world, saved_stage = saved_layout(checkpoint, zero_stage)
-    if saved_stage != zero_stage and min(saved_stage, zero_stage) == 0:
+    if saved_stage != zero_stage:
         raise ValueError(f"{checkpoint} was saved with engine.zero_stage={saved_stage}; resume it with the same "
-                         f"stage or another ZeRO stage ≥ 1 (got {zero_stage})")
-    return saved_stage > 0 and (saved_world != world_size or saved_stage != zero_stage)
+                         f"stage (got engine.zero_stage={zero_stage})")
+    return saved_stage > 0 and saved_world != world_size
 
 
 def universal_dir(checkpoint: Path) -> Path:
