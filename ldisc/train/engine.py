@@ -6,7 +6,8 @@
   outputs returned in float32 so the objectives always work in full precision);
 * ``engine.backward(loss)`` / ``engine.step()`` — DeepSpeed's (gradient averaging over ranks,
   accumulation, clipping, ZeRO, the StepLR schedule of the generated config);
-* ``save(dir)`` / ``load(dir)`` — DeepSpeed's own per-rank checkpoint files under ``dir/ds``;
+* ``save(dir)`` / ``load(dir)`` — DeepSpeed's own per-rank checkpoint files under ``dir/ds`` (or, at
+  another world size under ZeRO ≥ 1, the universal checkpoint made from them: :mod:`ldisc.train.reshard`);
 * ``full_state_dict()`` — the whole model on every rank (gathered under ZeRO-3), for exports.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 
 from ldisc.model import LDOutput
 from ldisc.train.env import DistInfo, import_deepspeed
+from ldisc.train.reshard import universal_for
 from ldisc.train.schedule import scheduler_factory
 from ldisc.train.sync_bn import convert_sync_batchnorm
 
@@ -85,11 +87,33 @@ class Engine:
         self.ds.save_checkpoint(str(directory), tag=DS_TAG, save_latest=False)
 
     def load(self, directory: Path) -> None:
-        """Collective: restore weights, optimizer and scheduler saved by :meth:`save`."""
-        path, _ = self.ds.load_checkpoint(str(directory), tag=DS_TAG, load_module_strict=True,
-                                          load_optimizer_states=True, load_lr_scheduler_states=True)
+        """Collective: restore weights, optimizer and scheduler saved by :meth:`save`.
+
+        At the saved world size (or under ZeRO 0) from ``directory/ds`` as saved. Otherwise every rank
+        takes its new partition of the full per-parameter fp32 weights and Adam moments from the
+        universal checkpoint made once from ``ds/`` (:mod:`ldisc.train.reshard`). DeepSpeed's universal
+        load restores parameters only: the buffers (batch-norm statistics) come from ``model.pt``.
+        """
+        universal = universal_for(directory, DS_TAG, self.info, self.zero_stage)
+        if universal is None:
+            path, _ = self.ds.load_checkpoint(str(directory), tag=DS_TAG, load_module_strict=True,
+                                              load_optimizer_states=True, load_lr_scheduler_states=True)
+        else:
+            self.ds._config.load_universal_checkpoint = True      # the `checkpoint.load_universal` key
+            try:
+                path, _ = self.ds.load_checkpoint(str(universal), tag=DS_TAG, load_optimizer_states=True,
+                                                  load_lr_scheduler_states=True)
+            finally:
+                self.ds._config.load_universal_checkpoint = False
+            self._load_buffers(directory / "model.pt")
         if path is None:
-            raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}/{DS_TAG}")
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {universal or directory}/{DS_TAG}")
+
+    def _load_buffers(self, full_state: Path) -> None:
+        saved = torch.load(full_state, map_location="cpu", weights_only=True)
+        for name, buf in self.module.named_buffers():
+            if name in saved:
+                buf.data.copy_(saved[name].to(buf.dtype))
 
     def _gathered(self):
         if self.zero_stage == 3:

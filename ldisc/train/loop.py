@@ -123,7 +123,8 @@ class Trainer:
             faults.maybe_kill_in_save(self.step, self.rank)
 
         path, seconds = ckpt.save_checkpoint(self.run_dir, self.step, write, int(self.cfg.train.keep_checkpoints),
-                                             {"stage": self.stage, "world_size": self.info.world_size},
+                                             {"stage": self.stage, "world_size": self.info.world_size,
+                                              "zero_stage": self.engine.zero_stage},
                                              rank=self.rank, barrier=barrier)
         self.metrics.observe_checkpoint(seconds, self.step)
         self.last_checkpoint = path
