@@ -55,7 +55,10 @@ def make_data() -> dict:
         x1, x2 = torch.rand(2, WORLD * PER_RANK, 3, SIZE + 8, SIZE + 8, generator=gen)
         batches.append(make_views_batch(x1, x2, ViewConfig(size=SIZE), gen))
     torch.manual_seed(5)
-    init = {stage: LDNet("tiny", EMBED, CLUSTERS if stage == 2 else 0).state_dict() for stage in (1, 2)}
+    # PyTorch's default init (model.init=torch): with BN in eval mode the Kaiming-initialised net keeps
+    # its deep activations at scale ~1, which amplifies fp32 summation-order noise over the steps past
+    # the 1e-4-of-the-update tolerance below; equivalence is a property of the objective, not the init
+    init = {stage: LDNet("tiny", EMBED, CLUSTERS if stage == 2 else 0, init="torch").state_dict() for stage in (1, 2)}
     return {"batches": batches, "init": init}
 
 

@@ -26,7 +26,7 @@ def _overrides(run_dir, dataset, *extra):
     return [*[o for o in TINY if not o.startswith("data.")], "data=shards", f"data.dataset={dataset}",
             "data.size=32", "data.num_workers=0", "data.shuffle_window=4", f"run_dir={run_dir}",
             "train.stage1_steps=4", "train.stage2_steps=3", "train.checkpoint_every=3", "train.keep_checkpoints=9",
-            *extra]
+            "train.val_fraction=0", *extra]          # every image in the epoch (no held-out split)
 
 
 def test_shards_stream_and_resume_exactly(tmp_path):
