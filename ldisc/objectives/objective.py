@@ -20,6 +20,7 @@ from torch import nn
 from ldisc.dist import Collective
 from ldisc.objectives.nce import DEFAULT_CHUNK, ExtraNegatives, instance_nce
 from ldisc.objectives.patches import align_second_views, grid_vectors, patch_grid, patch_vectors
+from ldisc.objectives.crisp import area_loss, region_views, sharpen
 from ldisc.objectives.region import (adversarial_generator_loss, cluster_centres, entropy_loss,
                                      region_features, region_loss)
 from ldisc.views import VIEW_KEYS
@@ -39,6 +40,9 @@ class ObjectiveConfig:
     detach_keys: bool = True
     prototype_momentum: float = 0.0
     chunk: int = DEFAULT_CHUNK
+    mask_power: float = 1.0        # crisp-cluster options: see ldisc.objectives.crisp
+    w_area: float = 0.0
+    region_views: str = "all"
 
 
 @dataclass
@@ -105,15 +109,20 @@ class LDObjective(nn.Module):
         if cfg.stage >= 2:
             if out.masks is None:
                 raise ValueError("stage 2 needs a model with a clustering branch (model.clusters > 0)")
-            r = region_features(out.embedding, out.masks)
+            masks = sharpen(out.masks, cfg.mask_power)
+            emb, rmasks = region_views(out.embedding, masks, b, cfg.region_views)
+            r = region_features(emb, rmasks)
             protos = self.prototypes if self.prototypes.numel() else None
             centres = cluster_centres(r, self.collective, protos, cfg.prototype_momentum)
             if cfg.prototype_momentum > 0:
                 self.prototypes = centres.detach().clone()
             terms["region"] = region_loss(r, centres, cfg.tau_region)
-            terms["entropy"] = entropy_loss(out.masks)
+            terms["entropy"] = entropy_loss(rmasks)
             total = total + cfg.w_region * terms["region"] + cfg.w_entropy * terms["entropy"]
+            if cfg.w_area > 0:
+                terms["area"] = area_loss(rmasks)
+                total = total + cfg.w_area * terms["area"]
             if discriminator is not None and cfg.w_adversarial > 0:
-                terms["adversarial"] = adversarial_generator_loss(discriminator(out.masks[:, :1]))
+                terms["adversarial"] = adversarial_generator_loss(discriminator(masks[:, :1]))
                 total = total + cfg.w_adversarial * terms["adversarial"]
-        return StepLosses(total, terms, patch_local.detach(), out.masks)
+        return StepLosses(total, terms, patch_local.detach(), masks if cfg.stage >= 2 else out.masks)
