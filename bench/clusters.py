@@ -28,7 +28,11 @@ SETTINGS: dict[str, list[str]] = {
     "code_default": [],                                                    # 5 views, 0.1 nats
     "entropy1": AUTHORS + [f"objective.w_entropy={1.0 * BITS:.4f}"],        # 1 bit
     "area": AUTHORS + [f"objective.w_entropy={1.0 * BITS:.4f}", "objective.w_area=1"],
+    "area10": AUTHORS + [f"objective.w_entropy={10.0 * BITS:.4f}", "objective.w_area=1"],
     "power3": AUTHORS + ["objective.mask_power=3"],
+    "power8": AUTHORS + ["objective.mask_power=8"],
+    "p2area": AUTHORS + [f"objective.w_entropy={1.0 * BITS:.4f}", "objective.w_area=1", "objective.mask_power=2"],
+    "p8area": AUTHORS + [f"objective.w_entropy={1.0 * BITS:.4f}", "objective.w_area=1", "objective.mask_power=8"],
     "k8": AUTHORS + ["model.clusters=8"],
     "momentum": AUTHORS + ["objective.prototype_momentum=0.9"],
     "bank": AUTHORS + ["bank=fifo", "bank.size=4096"],

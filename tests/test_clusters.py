@@ -12,7 +12,7 @@ from PIL import Image
 
 from ldisc.objectives.crisp import area_loss, region_views, sharpen
 from ldisc.objectives.diagnostics import best_match_dice, cluster_stats, effective_count
-from ldisc.train.clusters import cluster_picture, palette, write_cluster_picture
+from ldisc.train.clusters import cluster_picture, cluster_section, palette, write_cluster_picture
 
 
 def hand_built() -> torch.Tensor:
@@ -102,3 +102,8 @@ def test_stage2_run_logs_exports_and_draws_clusters(tmp_path):
     losses = [json.loads(x) for x in (run / "losses.jsonl").read_text().splitlines()]
     assert "cluster_crispness" not in losses[0] and math.isfinite(losses[-1]["cluster_crispness"])
     assert losses[-1]["area"] >= 0
+    ckpt = run / "checkpoints" / "step_0000003"
+    lines = cluster_section({"run/step_3": str(ckpt), "random": "random"}, tmp_path)
+    row = next(x for x in lines if x.startswith("| run/step_3 | 3 |"))
+    assert f"{records[-1]['crispness']:.3f}" in row and "vessel" in row
+    assert "![clusters of run/step_3](run/clusters/step_0000003.png)" in lines

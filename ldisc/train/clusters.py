@@ -17,6 +17,8 @@ Every rank runs the probe's forward pass (ZeRO-3 gathers parameters collectively
 from __future__ import annotations
 
 import colorsys
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +120,34 @@ class ClusterProbe:
         if self.rank == 0:
             write_cluster_picture(self.images, masks, self.dir / "clusters" / f"step_{step:07d}.png")
         return stats
+
+
+def run_dir_of(checkpoint: str | Path) -> Path | None:
+    """The pretraining run dir above a checkpoint dir or encoder file (the one holding clusters.jsonl)."""
+    path = Path(checkpoint).expanduser().resolve()
+    for parent in [path, *path.parents][:4]:
+        if (parent / "clusters.jsonl").is_file():
+            return parent
+    return None
+
+
+def cluster_section(checkpoints: dict[str, str], out: Path) -> list[str]:
+    """Markdown lines for an eval report: per checkpoint label → spec, the last cluster record of its
+    pretraining run (crispness, effective count, best-match Dice) and its picture; [] if none has one."""
+    rows, pictures = [], []
+    for label, spec in sorted(checkpoints.items()):
+        run = run_dir_of(spec) if spec and spec != "random" else None
+        if run is None:
+            continue
+        rec = [json.loads(x) for x in (run / "clusters.jsonl").read_text().splitlines() if x.strip()][-1]
+        dice = ", ".join(f"{k} {v:.2f}" for k, v in rec.get("dice", {}).items()) or "—"
+        rows.append(f"| {label} | {rec['step']} | {rec['crispness']:.3f} | {rec['effective_count']:.1f} "
+                    f"/ {len(rec['area_share'])} | {dice} |")
+        png = run / "clusters" / f"step_{rec['step']:07d}.png"
+        if png.is_file():
+            pictures.append(f"![clusters of {label}]({Path(os.path.relpath(png, out)).as_posix()})")
+    if not rows:
+        return []
+    return ["", "## Region clusters of the pretraining runs (held-out synthetic probe, last record)", "",
+            "| checkpoint | step | crispness | effective count | best-match Dice |", "| --- | --- | --- | --- | --- |",
+            *rows, "", *pictures, ""]
