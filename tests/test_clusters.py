@@ -107,3 +107,15 @@ def test_stage2_run_logs_exports_and_draws_clusters(tmp_path):
     row = next(x for x in lines if x.startswith("| run/step_3 | 3 |"))
     assert f"{records[-1]['crispness']:.3f}" in row and "vessel" in row
     assert "![clusters of run/step_3](run/clusters/step_0000003.png)" in lines
+
+
+def test_crisp_preset_is_the_authors_objective_plus_the_named_options():
+    from ldisc.config import compose
+
+    obj = compose("pretrain", ["objective=ld_crisp"]).objective
+    default = compose("pretrain", []).objective
+    assert (obj.mask_power, obj.w_area, obj.region_views) == (8.0, 1.0, "four")
+    assert obj.w_entropy == pytest.approx(1 / math.log(2), rel=1e-4)      # weight 1 on the entropy in bits
+    assert (default.mask_power, default.w_area) == (1.0, 0.0)
+    assert {k: v for k, v in obj.items() if k not in ("mask_power", "w_area", "region_views", "w_entropy")} == \
+        {k: v for k, v in default.items() if k not in ("mask_power", "w_area", "region_views", "w_entropy")}
