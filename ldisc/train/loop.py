@@ -77,7 +77,7 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.cluster_log = JsonlLog(self.run_dir / "clusters.jsonl", enabled=self.rank == 0)
         self.cluster_probe: ClusterProbe | None = None
-        self._masks = None
+        self._mask_stats = None      # cluster statistics of this rank's last stage-2 micro-batch
 
     # -- construction ---------------------------------------------------------------------------
     def _model(self, stage: int) -> LDNet:
@@ -195,7 +195,7 @@ class Trainer:
         result = self.objective(self.engine, batch, bank=self.bank.negatives(), discriminator=disc)
         if self.cluster_probe is not None:
             self.cluster_probe.remember(batch)
-            self._masks = result.masks.detach()
+            self._mask_stats = cluster_stats(result.masks)
         self.engine.backward(result.total)
         terms = {k: v.detach() for k, v in result.terms.items()}
         terms["total"] = result.total.detach()
@@ -245,8 +245,8 @@ class Trainer:
             terms = self._global_mean(terms_sum, micro)
             record = {"step": self.step, "stage": self.stage, "lr": lr, "seconds": round(seconds, 4),
                       "images_per_s": round(images * self.info.world_size / seconds, 3), **terms}
-            if self._masks is not None:      # this rank's last micro-batch (all views)
-                stats = cluster_stats(self._masks)
+            if self._mask_stats is not None:      # this rank's last micro-batch (all views)
+                stats = self._mask_stats
                 self.metrics.observe_clusters(stats)
                 record.update(cluster_crispness=round(stats.crispness, 5),
                               cluster_effective_count=round(stats.effective_count, 4))
