@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ldisc.eval.store import ResultsStore  # noqa: E402
+from ldisc.train.clusters import cluster_section  # noqa: E402
 
 Method = tuple[str, str]  # (checkpoint label, protocol)
 
@@ -184,7 +185,8 @@ def write_report(results_dir: str | Path, baseline: str = "random", overlays_per
         curve = curve_chart(s, out / "curve.png")
         if curve is not None:
             paths["curve"] = curve
-    paths["markdown"].write_text(render_markdown(s, paths, out))
+    specs = {r["checkpoint"]: r["checkpoint_spec"] for r in ResultsStore(results_dir).rows()}
+    paths["markdown"].write_text(render_markdown(s, paths, out) + "\n".join(cluster_section(specs, out)))
     paths["html"].write_text(render_html(s, paths, out))
     return paths
 

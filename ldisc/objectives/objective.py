@@ -23,12 +23,12 @@ from torch import nn
 from ldisc.dist import Collective
 from ldisc.objectives.nce import DEFAULT_CHUNK, ExtraNegatives, instance_nce
 from ldisc.objectives.patches import align_second_views, grid_vectors, patch_grid, patch_vectors
+from ldisc.objectives.crisp import REGION_VIEWS, area_loss, region_views, sharpen
 from ldisc.objectives.region import (adversarial_generator_loss, cluster_centres, entropy_loss,
                                      region_features, region_loss)
 from ldisc.views import VIEW_KEYS
 
 
-REGION_VIEWS = ("augmented", "all")
 
 
 @dataclass
@@ -47,6 +47,8 @@ class ObjectiveConfig:
     chunk: int = DEFAULT_CHUNK
     region_views: str = "augmented"    # augmented (4B, the authors') | all (5B, mixup included)
     entropy_base: float = 2.0          # 2: bits (the authors') | 2.718281828459045: nats
+    mask_power: float = 1.0            # crisp-cluster options: see ldisc.objectives.crisp
+    w_area: float = 0.0
 
     def __post_init__(self):
         if self.region_views not in REGION_VIEWS:
@@ -119,16 +121,20 @@ class LDObjective(nn.Module):
         if cfg.stage >= 2:
             if out.masks is None:
                 raise ValueError("stage 2 needs a model with a clustering branch (model.clusters > 0)")
-            n = 4 * b if cfg.region_views == "augmented" else 5 * b   # VIEW_KEYS: mix is last
-            r = region_features(out.embedding[:n], out.masks[:n])
+            masks = sharpen(out.masks, cfg.mask_power)
+            emb, rmasks = region_views(out.embedding, masks, b, cfg.region_views)
+            r = region_features(emb, rmasks)
             protos = self.prototypes if self.prototypes.numel() else None
             centres = cluster_centres(r, self.collective, protos, cfg.prototype_momentum)
             if cfg.prototype_momentum > 0:
                 self.prototypes = centres.detach().clone()
             terms["region"] = region_loss(r, centres, cfg.tau_region)
-            terms["entropy"] = entropy_loss(out.masks[:n], cfg.entropy_base)
+            terms["entropy"] = entropy_loss(rmasks, cfg.entropy_base)
             total = total + cfg.w_region * terms["region"] + cfg.w_entropy * terms["entropy"]
+            if cfg.w_area > 0:
+                terms["area"] = area_loss(rmasks)
+                total = total + cfg.w_area * terms["area"]
             if discriminator is not None and cfg.w_adversarial > 0:
-                terms["adversarial"] = adversarial_generator_loss(discriminator(out.masks[:, :1]))
+                terms["adversarial"] = adversarial_generator_loss(discriminator(masks[:, :1]))
                 total = total + cfg.w_adversarial * terms["adversarial"]
-        return StepLosses(total, terms, patch_local.detach(), out.masks)
+        return StepLosses(total, terms, patch_local.detach(), masks if cfg.stage >= 2 else out.masks)

@@ -24,11 +24,13 @@ from ldisc.bank.build import build_bank, build_key_encoder, feed_bank
 from ldisc.config import to_dataclass
 from ldisc.dist import default_collective
 from ldisc.model import LDNet, build_model, load_stage1, save_encoder
+from ldisc.objectives.diagnostics import cluster_stats
 from ldisc.objectives.objective import LDObjective, ObjectiveConfig
 from ldisc.train import checkpoint as ckpt
 from ldisc.train import faults
 from ldisc.train.ds_config import build_ds_config
 from ldisc.train.engine import Engine
+from ldisc.train.clusters import ClusterProbe
 from ldisc.train.env import DistInfo, barrier, broadcast_object
 from ldisc.train.metrics import TrainMetrics
 from ldisc.train.rng import rng_state, set_rng_state
@@ -76,6 +78,9 @@ class Trainer:
         self.losses: list[dict] = []
         self.step, self.stage = 0, 0
         self.last_checkpoint: Path | None = None
+        self.cluster_log = JsonlLog(self.run_dir / "clusters.jsonl", enabled=self.rank == 0)
+        self.cluster_probe: ClusterProbe | None = None
+        self._mask_stats = None      # cluster statistics of this rank's last stage-2 micro-batch
 
     # -- construction ---------------------------------------------------------------------------
     def _model(self, stage: int) -> LDNet:
@@ -100,6 +105,7 @@ class Trainer:
             self.shape_prior = ShapePrior(self.cfg, float(t.lr), int(t.lr_halve_every), int(self.cfg.data.size),
                                           self.device)
         self.stage = stage
+        self.cluster_probe = ClusterProbe(self.cfg, self.run_dir, self.rank) if stage == 2 else None
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save(self) -> Path:
@@ -160,6 +166,7 @@ class Trainer:
         self.step = int(state["step"])
         if self.rank == 0:
             self.log.truncate(self.step)
+            self.cluster_log.truncate(self.step)
             JsonlLog(self.run_dir / "resumes.jsonl").append(
                 {"step": self.step, "checkpoint": str(path), "world_size": self.info.world_size,
                  "restart_count": int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0) or 0), "time": time.time()})
@@ -191,6 +198,9 @@ class Trainer:
         self.engine.train()
         disc = self.shape_prior.discriminator if self.shape_prior else None
         result = self.objective(self.engine, batch, bank=self.bank.negatives(), discriminator=disc)
+        if self.cluster_probe is not None:
+            self.cluster_probe.remember(batch)
+            self._mask_stats = cluster_stats(result.masks)
         self.engine.backward(result.total)
         terms = {k: v.detach() for k, v in result.terms.items()}
         terms["total"] = result.total.detach()
@@ -269,15 +279,32 @@ class Trainer:
                 terms["val_loss"] = val_loss
             record = {"step": self.step, "stage": self.stage, "lr": lr, "seconds": round(seconds, 4),
                       "images_per_s": round(images * self.info.world_size / seconds, 3), **terms}
+            if self._mask_stats is not None:      # this rank's last micro-batch (all views)
+                stats = self._mask_stats
+                self.metrics.observe_clusters(stats)
+                record.update(cluster_crispness=round(stats.crispness, 5),
+                              cluster_effective_count=round(stats.effective_count, 4))
             self.losses.append(record)
             self.log.append(record)
             self.samples_log.append({"step": self.step, "keys": keys})
             bar.update(1)
             bar.set_postfix(stage=self.stage, **{k: f"{v:.3f}" for k, v in terms.items() if k != "discriminator"})
+            if self.cluster_probe is not None and self.cluster_probe.due(self.step, self.step == until):
+                self._probe_clusters(bar)
             if at_checkpoint:
                 path = self.save()
                 if val_loss is not None:
                     self._track_best(val_loss, path)
+
+    def _probe_clusters(self, bar: tqdm) -> None:
+        """Cluster statistics, anatomy Dice and a picture of the fixed probe batch (ldisc.train.clusters)."""
+        stats = self.cluster_probe.run(self.engine.module, self.step)
+        self.metrics.observe_clusters(stats)
+        self.cluster_log.append({"step": self.step, **stats.as_record()})
+        if self.rank == 0:
+            dice = " ".join(f"{k}={v:.3f}" for k, v in stats.dice.items())
+            bar.write(f"step {self.step} clusters: crispness {stats.crispness:.3f}, "
+                      f"effective count {stats.effective_count:.2f}/{len(stats.area_share)}; best-match Dice {dice}")
 
     def run(self) -> PretrainResult:
         t = self.cfg.train

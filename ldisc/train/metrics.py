@@ -41,6 +41,15 @@ class TrainMetrics:
                                      "(saved or resumed from)", labels, registry=r)
         self.max_rss = Gauge("ldisc_process_max_resident_memory_bytes", "Peak resident set size", labels, registry=r)
         self.rss = Gauge("ldisc_process_resident_memory_bytes", "Resident set size now", labels, registry=r)
+        self.cluster_crispness = Gauge("ldisc_cluster_crispness", "Mean over pixels of max_k cluster mask",
+                                       labels, registry=r)
+        self.cluster_effective_count = Gauge("ldisc_cluster_effective_count",
+                                             "exp(entropy of the cluster area shares)", labels, registry=r)
+        self.cluster_area_share = Gauge("ldisc_cluster_area_share", "Share of the mask mass of each cluster",
+                                        labels + ["cluster"], registry=r)
+        self.cluster_dice = Gauge("ldisc_cluster_best_match_dice", "Best-match Dice of a true structure "
+                                  "against the hard clusters (held-out synthetic probe)", labels + ["structure"],
+                                  registry=r)
         self.port = port + (rank if local_rank is None else local_rank) if port > 0 else 0
         self._server = start_http_server(self.port, addr=addr, registry=r) if self.port else None
 
@@ -60,6 +69,16 @@ class TrainMetrics:
     def observe_validation(self, loss: float, best: float) -> None:
         self.val_loss.labels(self.rank).set(loss)
         self.best_val_loss.labels(self.rank).set(best)
+
+    def observe_clusters(self, stats) -> None:
+        """A :class:`~ldisc.objectives.diagnostics.ClusterStats` (training masks or the probe batch)."""
+        rk = self.rank
+        self.cluster_crispness.labels(rk).set(stats.crispness)
+        self.cluster_effective_count.labels(rk).set(stats.effective_count)
+        for k, share in enumerate(stats.area_share):
+            self.cluster_area_share.labels(rk, str(k)).set(share)
+        for name, dice in stats.dice.items():
+            self.cluster_dice.labels(rk, name).set(dice)
 
     def set_bank_fill(self, ratio: float) -> None:
         self.bank_fill.labels(self.rank).set(ratio)
