@@ -19,7 +19,7 @@ from torch import nn
 
 from ldisc.dist import Collective
 from ldisc.objectives.nce import DEFAULT_CHUNK, ExtraNegatives, instance_nce
-from ldisc.objectives.patches import align_second_views, grid_vectors, patch_grid, patch_vectors
+from ldisc.objectives.patches import align_second_views, grid_vectors, patch_vectors, pool_patches
 from ldisc.objectives.region import (adversarial_generator_loss, cluster_centres, entropy_loss,
                                      region_features, region_loss)
 from ldisc.views import VIEW_KEYS
@@ -39,6 +39,8 @@ class ObjectiveConfig:
     detach_keys: bool = True
     prototype_momentum: float = 0.0
     chunk: int = DEFAULT_CHUNK
+    patch_pooling: str = "mean"            # mean (the paper's LD) | center (center-sensitive averaging)
+    center_sigma: float = 0.25             # Gaussian width of center pooling, in units of the cell side
 
 
 @dataclass
@@ -90,7 +92,8 @@ class LDObjective(nn.Module):
         cfg = self.cfg
         b = batch["x1_1"].shape[0]
         out = model(torch.cat([batch[k] for k in VIEW_KEYS]))
-        grids = align_second_views(dict(zip(VIEW_KEYS, patch_grid(out.embedding, cfg.grid).split(b))), batch)
+        pooled = pool_patches(out.embedding, cfg.grid, cfg.patch_pooling, cfg.center_sigma)
+        grids = align_second_views(dict(zip(VIEW_KEYS, pooled.split(b))), batch)
         g11, g21, gmix = grids["x1_1"], grids["x2_1"], grids["mix"]
 
         patch_local = patch_vectors(grids)
@@ -114,6 +117,7 @@ class LDObjective(nn.Module):
             terms["entropy"] = entropy_loss(out.masks)
             total = total + cfg.w_region * terms["region"] + cfg.w_entropy * terms["entropy"]
             if discriminator is not None and cfg.w_adversarial > 0:
-                terms["adversarial"] = adversarial_generator_loss(discriminator(out.masks[:, :1]))
+                # mask 0 of the four augmented views (x1_1, x1_2, x2_1, x2_2), never the mixup image
+                terms["adversarial"] = adversarial_generator_loss(discriminator(out.masks[:4 * b, :1]))
                 total = total + cfg.w_adversarial * terms["adversarial"]
         return StepLosses(total, terms, patch_local.detach(), out.masks)
