@@ -98,7 +98,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 def to_input(rgb: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     """uint8 H×W×3 (or float (3, H, W) in [0, 1]) → (1, 3, size, size) network input (ImageNet-normalised)."""
-    x = torch.as_tensor(rgb)
+    x = torch.from_numpy(np.array(rgb)) if isinstance(rgb, np.ndarray) else rgb
     if x.dtype == torch.uint8:
         x = x.permute(2, 0, 1).float() / 255.0
     x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)
@@ -123,3 +123,19 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+@torch.no_grad()
+def recalibrate_bn(net: LDNet, x: torch.Tensor) -> LDNet:
+    """Set every BatchNorm's running statistics to those of the inputs ``x`` (cumulative average), then
+    back to eval mode. For the random-init reference: its untouched running statistics (mean 0, var 1)
+    would collapse the embeddings to one direction, which says nothing about the architecture."""
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    net.train()
+    device = next(net.parameters()).device
+    for chunk in x.split(8):
+        net(chunk.to(device))
+    return net.eval()
