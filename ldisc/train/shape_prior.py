@@ -63,7 +63,8 @@ def load_shape_masks(source: str, size: int, count: int, seed: int) -> torch.Ten
     if source in CROSS_MODALITY:
         from ldisc.synth.vessels import vessel_masks
 
-        return _as_tensor(vessel_masks(CROSS_MODALITY[source], count, size, seed + 7919), size)
+        # drawn at ≥ 128 px (their calibre statistics need the room), then resized to the view size
+        return _as_tensor(vessel_masks(CROSS_MODALITY[source], count, max(size, 128), seed + 7919), size)
     folder = Path(source)
     files = sorted(p for p in folder.glob("*.png")) if folder.is_dir() else []
     if not files:
