@@ -16,7 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from ldisc.apps.landmarks import LocalizeConfig, Localizer
