@@ -25,7 +25,7 @@ from ldisc.eval.runs import RANDOM, RunSpec, resolve_checkpoint
 from ldisc.synth import generate
 
 
-def timing(size: int = 512, n_images: int = 4, repeats: int = 2) -> dict:
+def timing(size: int = 512, n_images: int = 2, repeats: int = 1) -> dict:
     """Seconds per image (embedding + all landmarks) and per extra landmark, at ``size`` px."""
     device = pick_device("auto")
     net = random_ld_model("tiny").to(device)
@@ -53,7 +53,7 @@ def app_rows(task: str, checkpoint: str, methods: tuple[str, ...], seeds: list[i
     for method in methods:
         rows = [execute_app_run(RunSpec(ref, task, method, s, {}, {"size": size, "max_test": n_test}))[0]
                 for s in seeds]
-        keys = ("mre_px", "mre_pct", "sr_2pct", "sr_4pct", "sr_8pct") if rows[0]["mre_px"] is not None else ("dice_mean",)
+        keys = ("mre_px", "mre_pct", "sr_2pct", "sr_4pct", "sr_8pct") if rows[0].get("mre_px") is not None else ("dice_mean",)
         table[method] = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in keys}
         table[method]["seeds"] = len(rows)
     return table
@@ -67,26 +67,28 @@ def main() -> None:
     p.add_argument("--n-test", type=int, default=32)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--size", type=int, default=128)
-    p.add_argument("--skip-timing", action="store_true")
+    p.add_argument("--parts", default="timing,landmarks,segmentation", help="which measurements, comma-separated")
     a = p.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     result = {"load_average": os.getloadavg()[0]}
-    if not a.skip_timing:
+    parts = set(a.parts.split(","))
+    if "timing" in parts:
         result["timing_512px"] = timing()
     ckpts = dict(entry.split("=", 1) for entry in a.landmark_ckpt)
     result["landmarks"] = {}
-    for modality in ("fundus", "xray"):
+    for modality in ("fundus", "xray") if "landmarks" in parts else ():
         task = f"synth_{modality}_landmarks"
         result["landmarks"][task] = {"random": app_rows(task, RANDOM, ("center", "flat"), seeds, a.size, a.n_test)}
         result["landmarks"][task]["ncc"] = app_rows(task, RANDOM, ("ncc",), seeds, a.size, a.n_test)["ncc"]
         if modality in ckpts:
             result["landmarks"][task]["ld"] = app_rows(task, ckpts[modality], ("center", "flat"), seeds, a.size,
                                                        a.n_test)
-    seg = {"frangi_otsu": app_rows("synth_fundus_vessel_unsup", RANDOM, ("frangi",), [0], a.size, a.n_test)["frangi"]}
-    for name, ckpt in (("shape_guided", a.shape_guided), ("no_prior", a.no_prior)):
-        if ckpt:
-            seg[name] = app_rows("synth_fundus_vessel_unsup", ckpt, ("mask0", "prototype"), [0], a.size, a.n_test)
-    result["vessel_segmentation_dice"] = seg
+    if "segmentation" in parts:
+        seg = {"frangi_otsu": app_rows("synth_fundus_vessel_unsup", RANDOM, ("frangi",), [0], a.size, a.n_test)["frangi"]}
+        for name, ckpt in (("shape_guided", a.shape_guided), ("no_prior", a.no_prior)):
+            if ckpt:
+                seg[name] = app_rows("synth_fundus_vessel_unsup", ckpt, ("mask0", "prototype"), [0], a.size, a.n_test)
+        result["vessel_segmentation_dice"] = seg
     print(json.dumps(result))
 
 
