@@ -107,14 +107,10 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == best_label if best_label else np.zeros_like(mask)
 
 
-def field_of_view_box(rgb: np.ndarray, margin: float = 0.02, probe: int = 128) -> tuple[list[int], float]:
-    """Bounding box [x0, y0, x1, y1] of the fundus field of view, and the threshold used.
-
-    The image is box-downsampled to at most ``probe`` px; pixels brighter than
-    ``max(12, 0.1 * p99)`` (brightest channel) form the mask; the largest connected region
-    is the field of view; its box is scaled back and grown by ``margin`` × image size.
-    Raises :class:`NoFieldOfView` when that region covers less than 1% of the image.
-    """
+def _field_of_view_probe(rgb: np.ndarray, probe: int = 128) -> tuple[np.ndarray, float]:
+    """The field of view at probe resolution (bool, at most ``probe`` px): pixels brighter than
+    ``max(12, 0.1 * p99)`` (brightest channel), largest connected region. Raises
+    :class:`NoFieldOfView` when that region covers less than 1% of the image."""
     h, w = rgb.shape[:2]
     lum = rgb.max(axis=2) if rgb.ndim == 3 else rgb
     scale = max(h, w) / probe if max(h, w) > probe else 1.0
@@ -124,8 +120,28 @@ def field_of_view_box(rgb: np.ndarray, margin: float = 0.02, probe: int = 128) -
     region = _largest_component(small > threshold)
     if region.sum() < 0.01 * region.size:
         raise NoFieldOfView("no bright region covering 1% of the image")
+    return region, threshold
+
+
+def field_of_view_mask(rgb: np.ndarray, probe: int = 256) -> np.ndarray:
+    """Bool H×W mask of the fundus field of view (the rule of :func:`field_of_view_box`, upsampled)."""
+    region, _ = _field_of_view_probe(rgb, probe)
+    h, w = rgb.shape[:2]
+    return np.asarray(Image.fromarray(region.astype(np.uint8) * 255).resize((w, h), Image.BILINEAR)) >= 128
+
+
+def field_of_view_box(rgb: np.ndarray, margin: float = 0.02, probe: int = 128) -> tuple[list[int], float]:
+    """Bounding box [x0, y0, x1, y1] of the fundus field of view, and the threshold used.
+
+    The image is box-downsampled to at most ``probe`` px; pixels brighter than
+    ``max(12, 0.1 * p99)`` (brightest channel) form the mask; the largest connected region
+    is the field of view; its box is scaled back and grown by ``margin`` × image size.
+    Raises :class:`NoFieldOfView` when that region covers less than 1% of the image.
+    """
+    h, w = rgb.shape[:2]
+    region, threshold = _field_of_view_probe(rgb, probe)
     ys, xs = np.nonzero(region)
-    sy, sx = h / small.shape[0], w / small.shape[1]
+    sy, sx = h / region.shape[0], w / region.shape[1]
     pad = margin * max(h, w)
     x0 = max(0, int(np.floor(xs.min() * sx - pad)))
     y0 = max(0, int(np.floor(ys.min() * sy - pad)))

@@ -20,7 +20,7 @@ from ldisc.config import config_dir
 from ldisc.eval.fleet import FleetConfig, FleetSummary, init_ray, plan_runs, run_fleet, run_serial
 from ldisc.eval.monitor import FleetMonitor
 from ldisc.eval.protocol import ProtocolConfig
-from ldisc.eval.report import markdown_table, summarise, win_lines, write_report
+from ldisc.eval.report import landmark_table, markdown_table, summarise, win_lines, write_report
 from ldisc.eval.runs import RANDOM, CheckpointRef, resolve_checkpoint
 from ldisc.eval.store import ResultsStore
 from ldisc.eval.taskdata import preflight
@@ -128,6 +128,9 @@ def print_report(cfg: DictConfig, out=sys.stdout) -> None:
         print(markdown_table(s), file=out)
         for line in win_lines(s):
             print(line, file=out)
+    landmarks = landmark_table(cfg.out_dir)
+    if landmarks:
+        print(landmarks, file=out)
     print("report: " + ", ".join(str(p) for p in paths.values()), file=out)
 
 

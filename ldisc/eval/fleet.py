@@ -26,7 +26,7 @@ from ldisc.eval.overlays import save_overlays
 from ldisc.eval.protocol import PROTOCOLS
 from ldisc.eval.runs import CheckpointRef, RunSpec, base_row, execute_run, versions
 from ldisc.eval.store import ResultsStore
-from ldisc.eval.tasks import Task
+from ldisc.eval.tasks import Task, task_methods
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,14 @@ class FleetSummary:
 
 def plan_runs(checkpoints: list[CheckpointRef], tasks: list[Task], protocols: list[str], seeds: list[int],
               protocol_cfg: dict, data_cfg: dict, results_dir: str | None, threads: int = 1) -> list[RunSpec]:
-    """The grid checkpoints × tasks × protocols × seeds, in that nesting order."""
+    """The grid checkpoints × tasks × protocols × seeds, in that nesting order (an application task
+    varies its methods instead of the protocols: see ``tasks.APP_METHODS``)."""
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad:
         raise ValueError(f"unknown protocols {bad}; choose from {PROTOCOLS}")
     return [RunSpec(ck, task.name, proto, int(seed), dict(protocol_cfg), dict(data_cfg), results_dir, threads)
-            for ck, task, proto, seed in product(checkpoints, tasks, protocols, seeds)]
+            for ck, task in product(checkpoints, tasks)
+            for proto, seed in product(task_methods(task, protocols), seeds)]
 
 
 class _Recorder:

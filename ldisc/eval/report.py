@@ -59,7 +59,7 @@ def summarise(results_dir: str | Path, baseline: str = "random", overlays_per_ta
     """Collect per-seed test Dice into cells and work out differences, winners and overlay files."""
     store = ResultsStore(results_dir)
     rows = store.rows()
-    ok = [r for r in rows if r["status"] == "ok"]
+    ok = [r for r in rows if r["status"] == "ok" and r["dice_mean"] is not None]  # landmark rows: landmark_table
     cells: dict[tuple[str, Method], Cell] = {}
     steps: dict[str, int] = {}
     first_run: dict[tuple[str, Method], tuple[int, str]] = {}
@@ -126,6 +126,26 @@ def markdown_table(s: Summary) -> str:
             cells.append(f"**{text}**" if won else text)
         body.append(f"| {task} | " + " | ".join(cells) + " |")
     return "\n".join([head, rule, *body])
+
+
+LANDMARK_COLUMNS = (("mre_px", "MRE px"), ("mre_pct", "MRE % width"), ("sr_2pct", "SR 2%"), ("sr_4pct", "SR 4%"),
+                    ("sr_8pct", "SR 8%"))
+
+
+def landmark_table(results_dir: str | Path) -> str:
+    """Landmark tasks: one line per (task, checkpoint, method), scores as mean ± std over seeds ("" if none)."""
+    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    for r in ResultsStore(results_dir).rows("ok"):
+        if r.get("mre_px") is not None:
+            groups[(r["task"], r["checkpoint"], r["protocol"])].append(r)
+    if not groups:
+        return ""
+    lines = ["| landmark task | checkpoint | method | " + " | ".join(h for _, h in LANDMARK_COLUMNS) + " |",
+             "|---|---|---|" + "---|" * len(LANDMARK_COLUMNS)]
+    for (task, ck, method), rs in sorted(groups.items()):
+        cells = [Cell([float(r[k]) for r in rs]) for k, _ in LANDMARK_COLUMNS]
+        lines.append(f"| {task} | {ck} | {method} | " + " | ".join(f"{c.mean:.2f} ± {c.std:.2f}" for c in cells) + " |")
+    return "\n".join(lines)
 
 
 def bar_chart(s: Summary, path: Path) -> Path:
@@ -196,6 +216,10 @@ def render_markdown(s: Summary, paths: dict[str, Path], out: Path) -> str:
              f"Test Dice at threshold 0.5, mean ± std over seeds; (Δ) = difference to `{s.baseline}` under the "
              "same protocol; **bold** = best checkpoint for the task and protocol.", "", markdown_table(s), ""]
     lines += [f"- {line}" for line in win_lines(s)]
+    landmarks = landmark_table(out.parent)
+    if landmarks:
+        lines += ["", "Landmarks: mean radial error and success rate within 2/4/8 % of the image width, "
+                  "mean ± std over seeds (templates).", "", landmarks]
     if s.n_failed:
         lines.append(f"- {s.n_failed} run(s) failed; see `status`/`error` in results.parquet")
     for key in ("bars", "curve"):

@@ -154,6 +154,9 @@ def base_row(spec: RunSpec) -> dict:
 def execute_run(spec: RunSpec) -> tuple[dict, list[dict]]:
     """Run one evaluation; returns (row, overlays). Raises on failure (the fleet records and retries)."""
     torch.set_num_threads(max(1, int(spec.threads)))
+    if get_task(spec.task).adapter == "application":
+        from ldisc.eval.apptasks import execute_app_run
+        return execute_app_run(spec)
     marker = _mark_running(spec)
     started, t0 = _now(), time.perf_counter()
     try:

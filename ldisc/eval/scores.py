@@ -63,3 +63,15 @@ def radial_error(pred_xy: np.ndarray, true_xy: np.ndarray, pixel_spacing: float 
 
 
 DICE_LOSSES = {"dice_batch": batch_dice_loss, "dice_image": soft_dice_loss}
+
+
+SUCCESS_RADII_PCT = (2, 4, 8)
+
+
+def landmark_scores(pred_xy: np.ndarray, true_xy: np.ndarray, width: float) -> dict[str, float]:
+    """Mean radial error in pixels and in % of the image width, and the share of landmarks within
+    2, 4 and 8 % of the width, over all (image, landmark) pairs: (…, 2) arrays of (x, y)."""
+    err = radial_error(np.reshape(pred_xy, (-1, 2)), np.reshape(true_xy, (-1, 2)))
+    out = {"mre_px": float(err.mean()), "mre_pct": float(100 * err.mean() / width)}
+    out |= {f"sr_{r}pct": float((err <= r / 100 * width).mean()) for r in SUCCESS_RADII_PCT}
+    return out

@@ -32,6 +32,9 @@ SCHEMA = pa.schema([
     ("input_size", pa.int64()), ("batch_size", pa.int64()), ("wall_s", pa.float64()), ("train_s", pa.float64()),
     ("host", pa.string()), ("pid", pa.int64()), ("device", pa.string()), ("versions", pa.string()),
     ("started_at", pa.string()), ("finished_at", pa.string()), ("history", pa.string()), ("error", pa.string()),
+    # landmark tasks: mean radial error (px, % of image width), success rates within 2/4/8 % of the width
+    ("mre_px", pa.float64()), ("mre_pct", pa.float64()), ("sr_2pct", pa.float64()), ("sr_4pct", pa.float64()),
+    ("sr_8pct", pa.float64()),
 ])
 RESULTS_FILE = "results.parquet"
 

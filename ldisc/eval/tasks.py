@@ -145,3 +145,22 @@ def expand_tasks(names) -> list[Task]:
     if not out:
         raise ValueError("no tasks selected")
     return list(out.values())
+
+
+# -- application tasks: read out of the LD network itself, no downstream training (ldisc.eval.apptasks) --
+# Their "protocols" are the methods compared: landmarks by mean radial error, segmentation by Dice.
+APP_METHODS: dict[str, tuple[str, ...]] = {"mre": ("center", "flat", "ncc"), "dice": ("mask0", "prototype", "frangi")}
+_APPS = [
+    ("synth_fundus_landmarks", "fundus", "landmarks", "synthetic fundus: disc centre, fovea (one template)", "mre"),
+    ("synth_xray_landmarks", "xray", "landmarks", "synthetic chest X-ray: apices, costophrenic angles, carina", "mre"),
+    ("synth_fundus_vessel_unsup", "fundus", "vessel", "synthetic fundus vessels, no fundus labels (shape-guided)", "dice"),
+]
+APP_TASKS: tuple[str, ...] = tuple(row[0] for row in _APPS)
+for _name, _mod, _struct, _ds, _metric in _APPS:
+    register(Task(_name, _mod, _struct, _ds, "application", None, 128, metric=_metric, n_test=32))
+TASK_SETS["applications"] = APP_TASKS
+
+
+def task_methods(task: Task, protocols: list[str]) -> list[str]:
+    """What a run of ``task`` varies: the protocols for downstream tasks, the methods for application tasks."""
+    return list(APP_METHODS[task.metric]) if task.adapter == "application" else list(protocols)

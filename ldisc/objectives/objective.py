@@ -22,7 +22,7 @@ from torch import nn
 
 from ldisc.dist import Collective
 from ldisc.objectives.nce import DEFAULT_CHUNK, ExtraNegatives, instance_nce
-from ldisc.objectives.patches import align_second_views, grid_vectors, patch_grid, patch_vectors
+from ldisc.objectives.patches import align_second_views, grid_vectors, patch_vectors, pool_patches
 from ldisc.objectives.crisp import REGION_VIEWS, area_loss, region_views, sharpen
 from ldisc.objectives.region import (adversarial_generator_loss, cluster_centres, entropy_loss,
                                      region_features, region_loss)
@@ -49,6 +49,8 @@ class ObjectiveConfig:
     entropy_base: float = 2.0          # 2: bits (the authors') | 2.718281828459045: nats
     mask_power: float = 1.0            # crisp-cluster options: see ldisc.objectives.crisp
     w_area: float = 0.0
+    patch_pooling: str = "mean"            # mean (the paper's LD) | center (center-sensitive averaging)
+    center_sigma: float = 0.25             # Gaussian width of center pooling, in units of the cell side
 
     def __post_init__(self):
         if self.region_views not in REGION_VIEWS:
@@ -106,7 +108,8 @@ class LDObjective(nn.Module):
         cfg = self.cfg
         b = batch["x1_1"].shape[0]
         out = model(torch.cat([batch[k] for k in VIEW_KEYS]))
-        grids = align_second_views(dict(zip(VIEW_KEYS, patch_grid(out.embedding, cfg.grid).split(b))), batch)
+        pooled = pool_patches(out.embedding, cfg.grid, cfg.patch_pooling, cfg.center_sigma)
+        grids = align_second_views(dict(zip(VIEW_KEYS, pooled.split(b))), batch)
         g11, g21, gmix = grids["x1_1"], grids["x2_1"], grids["mix"]
 
         patch_local = patch_vectors(grids)
@@ -135,6 +138,7 @@ class LDObjective(nn.Module):
                 terms["area"] = area_loss(rmasks)
                 total = total + cfg.w_area * terms["area"]
             if discriminator is not None and cfg.w_adversarial > 0:
-                terms["adversarial"] = adversarial_generator_loss(discriminator(masks[:, :1]))
+                # mask 0 of the four augmented views (x1_1, x1_2, x2_1, x2_2), never the mixup image
+                terms["adversarial"] = adversarial_generator_loss(discriminator(masks[:4 * b, :1]))
                 total = total + cfg.w_adversarial * terms["adversarial"]
         return StepLosses(total, terms, patch_local.detach(), masks if cfg.stage >= 2 else out.masks)

@@ -55,3 +55,49 @@ def align_second_views(grids: dict[str, torch.Tensor], batch: dict[str, torch.Te
 def patch_vectors(aligned: dict[str, torch.Tensor]) -> torch.Tensor:
     """(4·B·G², D) L_pd vectors of aligned grids, in :data:`PATCH_ORDER`."""
     return torch.cat([grid_vectors(aligned[k]) for k in PATCH_ORDER])
+
+
+# -- center-sensitive averaging (one-shot landmarks, the paper's application) ---------------------
+POOLINGS = ("mean", "center")
+
+
+def center_weights(height: int, width: int, sigma: float) -> torch.Tensor:
+    """(height, width) weights of one patch cell for center-sensitive averaging; they sum to 1.
+
+    w(u, v) ∝ exp(−[(u − c_h)² / (σ·height)² + (v − c_w)² / (σ·width)²] / 2) for pixel row u and
+    column v of the cell, c = (side − 1) / 2 the cell centre (between pixels for even sides), σ in
+    units of the cell side (``objective.center_sigma``). σ → ∞ gives the flat average; σ = 0.25 puts
+    ≈ 95% of the weight on the central half of the cell. The weight is separable:
+    w = outer(g_h, g_w) with g the normalised 1-D Gaussian of each axis (:func:`center_profile`).
+    """
+    return torch.outer(center_profile(height, sigma), center_profile(width, sigma))
+
+
+def center_profile(side: int, sigma: float) -> torch.Tensor:
+    """1-D factor of :func:`center_weights`: a Gaussian over ``side`` pixels, σ·side wide, summing to 1."""
+    if side < 1 or not sigma > 0:
+        raise ValueError(f"center weights need side >= 1 and sigma > 0, got side={side}, sigma={sigma}")
+    u = torch.arange(side, dtype=torch.float64) - (side - 1) / 2
+    g = torch.exp(-0.5 * (u / (sigma * side)) ** 2)
+    return (g / g.sum()).float()
+
+
+def center_patch_grid(embedding: torch.Tensor, grid: int = 8, sigma: float = 0.25) -> torch.Tensor:
+    """(B, D, H, W) → (B, D, G, G): per cell of the G×G grid, the :func:`center_weights` average of
+    the pixel embeddings, then L2-normalised. H and W must be multiples of G (cells of equal size)."""
+    b, d, h, w = embedding.shape
+    if h % grid or w % grid:
+        raise ValueError(f"center pooling needs H and W divisible by the grid {grid}, got {h}×{w}")
+    ch, cw = h // grid, w // grid
+    weights = center_weights(ch, cw, sigma).to(embedding)
+    cells = embedding.reshape(b, d, grid, ch, grid, cw)
+    return F.normalize(torch.einsum("bdiujv,uv->bdij", cells, weights), dim=1)
+
+
+def pool_patches(embedding: torch.Tensor, grid: int = 8, pooling: str = "mean", sigma: float = 0.25) -> torch.Tensor:
+    """The patch grid of ``objective.patch_pooling``: ``mean`` (the paper's LD) or ``center``."""
+    if pooling == "mean":
+        return patch_grid(embedding, grid)
+    if pooling == "center":
+        return center_patch_grid(embedding, grid, sigma)
+    raise ValueError(f"objective.patch_pooling must be one of {POOLINGS}, got {pooling!r}")

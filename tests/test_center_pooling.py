@@ -1,0 +1,82 @@
+"""Center-sensitive averaging and the landmark argmax, exact on hand-built maps."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ldisc.apps.landmarks import argmax_xy, kernel_profile, pooled_map, similarity, vectors_at
+from ldisc.objectives.patches import center_patch_grid, center_weights, patch_grid, pool_patches
+
+
+def _position_code_map(grid: int, cell: int) -> torch.Tensor:
+    """(1, cell², grid·cell, grid·cell): pixel (u, v) of every cell is the one-hot vector of u·cell + v,
+    so a cell's pooled (unnormalised) vector is exactly its weight table, flattened."""
+    side = grid * cell
+    u = torch.arange(side) % cell
+    code = (u[:, None] * cell + u[None, :])
+    return F.one_hot(code, cell * cell).permute(2, 0, 1)[None].float()
+
+
+def test_center_weights_are_the_documented_gaussian():
+    w = center_weights(4, 4, 0.5)
+    # pixel offsets from the centre: ±0.5, ±1.5; σ·side = 2
+    g = torch.tensor([math.exp(-0.5 * (d / 2) ** 2) for d in (-1.5, -0.5, 0.5, 1.5)])
+    expected = torch.outer(g, g) / torch.outer(g, g).sum()
+    torch.testing.assert_close(w, expected, rtol=1e-6, atol=1e-7)
+    assert float(w.sum()) == pytest.approx(1.0, abs=1e-6)
+    assert w[1, 1] == w.max() and w[0, 0] == w.min()
+
+
+def test_center_pooling_of_a_position_code_map_returns_the_weights():
+    grid, cell, sigma = 2, 4, 0.3
+    emb = _position_code_map(grid, cell)
+    pooled = center_patch_grid(emb, grid, sigma)
+    weights = center_weights(cell, cell, sigma).flatten()
+    for i in range(grid):
+        for j in range(grid):
+            torch.testing.assert_close(pooled[0, :, i, j], weights / weights.norm())
+    flat = patch_grid(emb, grid)
+    torch.testing.assert_close(flat[0, :, 0, 0], torch.full((cell * cell,), 1.0 / cell))  # uniform, unit norm
+
+
+def test_pool_patches_dispatch_and_wide_sigma_is_the_flat_average():
+    emb = F.normalize(torch.randn(2, 8, 32, 32, generator=torch.Generator().manual_seed(0)), dim=1)
+    torch.testing.assert_close(pool_patches(emb, 8, "mean"), patch_grid(emb, 8))
+    torch.testing.assert_close(pool_patches(emb, 8, "center", 1e4), patch_grid(emb, 8), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(pool_patches(emb, 8, "center", 0.25), patch_grid(emb, 8), atol=1e-3)
+    with pytest.raises(ValueError):
+        pool_patches(emb, 8, "max")
+    with pytest.raises(ValueError):
+        center_patch_grid(emb[..., :30, :30], 8)
+
+
+def test_pooled_map_at_a_pixel_equals_the_weighted_window():
+    emb = F.normalize(torch.randn(1, 4, 21, 21, generator=torch.Generator().manual_seed(1)), dim=1)
+    profile = kernel_profile(7, "center", 0.25)
+    maps = pooled_map(emb, profile)
+    window = emb[0, :, 10 - 3:10 + 4, 12 - 3:12 + 4]
+    by_hand = F.normalize((window * torch.outer(profile, profile)).sum((1, 2)), dim=0)
+    torch.testing.assert_close(maps[0, :, 10, 12], by_hand, rtol=1e-5, atol=1e-6)
+
+
+def test_argmax_finds_a_shifted_template_exactly():
+    gen = torch.Generator().manual_seed(2)
+    template = F.normalize(torch.randn(1, 16, 48, 48, generator=gen), dim=1)
+    shift = (5, -7)  # (dy, dx)
+    query = torch.roll(template, shifts=shift, dims=(2, 3))
+    profile = kernel_profile(5, "center", 0.25)
+    points = torch.tensor([[20.0, 15.0], [30.0, 33.0]])               # (x, y)
+    vectors = vectors_at(pooled_map(template, profile), points)
+    xy, score = argmax_xy(similarity(pooled_map(query, profile), vectors))
+    assert xy[0].tolist() == [[20 + shift[1], 15 + shift[0]], [30 + shift[1], 33 + shift[0]]]
+    torch.testing.assert_close(score, torch.ones_like(score), rtol=1e-5, atol=1e-5)
+
+
+def test_argmax_window_restricts_the_search():
+    sim = torch.zeros(1, 1, 10, 10)
+    sim[0, 0, 1, 1], sim[0, 0, 7, 8] = 0.9, 0.5
+    xy, score = argmax_xy(sim)
+    assert xy[0, 0].tolist() == [1, 1] and float(score) == pytest.approx(0.9)
+    xy, score = argmax_xy(sim, centre=torch.tensor([[[8.0, 6.0]]]), radius=2)
+    assert xy[0, 0].tolist() == [8, 7] and float(score) == pytest.approx(0.5)
