@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from ldisc.eval.fleet import FleetConfig, FleetSummary, init_ray, plan_runs, run_fleet, run_serial
 from ldisc.eval.monitor import FleetMonitor
 from ldisc.eval.protocol import ProtocolConfig
+from ldisc.eval.ray_local import stop_local_ray
 from ldisc.eval.report import markdown_table, summarise, win_lines, write_report
 from ldisc.eval.runs import RANDOM, CheckpointRef, resolve_checkpoint
 from ldisc.eval.store import ResultsStore
@@ -86,7 +87,8 @@ class Evaluator:
                                      num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
                                      max_in_flight=fleet.max_in_flight, object_store_mb=cfg.ray.object_store_mb,
                                      warm_start=bool(fleet.warm_start),
-                                     progress=bool(fleet.progress), metrics_port=cfg.metrics.port)
+                                     progress=bool(fleet.progress), metrics_port=cfg.metrics.port,
+                                     auth=bool(cfg.ray.get("auth", True)))
         self.serial = serial or fleet.mode == "serial"
         if fleet.mode not in ("ray", "serial"):
             raise ValueError(f"fleet.mode must be 'ray' or 'serial', got {fleet.mode!r}")
@@ -114,8 +116,7 @@ class Evaluator:
     def close(self) -> None:
         self.monitor.close()
         if self.started_ray:
-            import ray
-            ray.shutdown()
+            stop_local_ray()
 
 
 def print_report(cfg: DictConfig, out=sys.stdout) -> None:

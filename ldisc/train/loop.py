@@ -221,6 +221,7 @@ class Trainer:
         micro = int(self.cfg.engine.gradient_accumulation)
         while self.step < until:
             faults.maybe_kill_at_step(self.step + 1, self.rank)
+            faults.maybe_stop_at_step(self.step + 1, self.rank)
             t0 = time.perf_counter()
             terms_sum, keys, images, wait = {}, [], 0, 0.0
             lr = self.engine.lr            # the rate this step's update uses
