@@ -71,3 +71,53 @@ def test_local_ray_fleet_listens_on_loopback_only_and_requires_its_token(tmp_pat
     assert result["unauthenticated"] == "UNAUTHENTICATED"
     assert result["token_in_env"] and result["token_after_stop"] is None
     assert not (tmp_path / ".ray" / "auth_token").exists()              # the token never touched a file
+
+
+def _listeners_of_stopped_job(proc: subprocess.Popen, timeout: float = 300) -> list:
+    """Wait until a rank of ``proc``'s tree has stopped itself (LDISC_FAULT_STOP_AT_STEP), list the tree's
+    listeners, then kill the tree."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            tree = process_tree(proc.pid)
+            if any(p.status() == psutil.STATUS_STOPPED for p in tree if p.is_running()):
+                return listeners(tree)
+            time.sleep(0.2)
+        raise AssertionError(f"the job did not reach the stop step (rc={proc.poll()})")
+    finally:
+        for p in reversed(process_tree(proc.pid)) if proc.poll() is None else []:
+            p.kill()
+        proc.wait(timeout=60)
+
+
+def _train_args(run_dir: Path) -> list[str]:
+    from ldisc.train.env import free_port
+    from tests.test_train import TINY
+
+    return [*TINY, f"run_dir={run_dir}", "train.stage1_steps=3", "train.stage2_steps=0", f"metrics.port={free_port()}"]
+
+
+def test_single_process_pretraining_listens_on_loopback_only(tmp_path):
+    from tests.test_train import cli_env
+
+    proc = subprocess.Popen([sys.executable, "-m", "ldisc.train.cli", *_train_args(tmp_path)], cwd=REPO,
+                            env=cli_env(LDISC_FAULT_STOP_AT_STEP="2"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    found = _listeners_of_stopped_job(proc)
+    assert found, "no listener seen (the metrics server at least listens)"
+    assert exposed(found) == []
+
+
+@pytest.mark.slow
+def test_two_process_pretraining_listens_on_loopback_only(tmp_path):
+    from ldisc.train.env import free_port
+    from tests.test_train import cli_env, start_torchrun
+
+    proc = start_torchrun(_train_args(tmp_path), free_port(), env=cli_env(LDISC_FAULT_STOP_AT_STEP="2"))
+    found = _listeners_of_stopped_job(proc)
+    assert {name for _, name, _, _ in found} >= {"pt_elastic"}            # torchrun's rendezvous store was seen
+    assert exposed(found) == []

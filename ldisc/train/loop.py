@@ -72,6 +72,7 @@ class Trainer:
         self.shape_prior: ShapePrior | None = None
         self.losses: list[dict] = []
         self.step, self.stage = 0, 0
+        self.bad_samples = 0           # replaced (undecodable) samples this process has trained on
         self.last_checkpoint: Path | None = None
 
     # -- construction ---------------------------------------------------------------------------
@@ -182,6 +183,10 @@ class Trainer:
         batch = self.data.next_batch()
         wait = time.perf_counter() - t0
         keys.extend(batch.pop("keys", None) or batch.pop("sample_ids", None) or [])
+        bad = batch.pop("bad_shards", None)
+        if bad:
+            self.metrics.observe_bad_samples(bad)
+            self.bad_samples += len(bad)
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         self.engine.train()
         disc = self.shape_prior.discriminator if self.shape_prior else None
@@ -240,7 +245,8 @@ class Trainer:
             self.log.append(record)
             self.samples_log.append({"step": self.step, "keys": keys})
             bar.update(1)
-            bar.set_postfix(stage=self.stage, **{k: f"{v:.3f}" for k, v in terms.items() if k != "discriminator"})
+            bar.set_postfix(stage=self.stage, **{k: f"{v:.3f}" for k, v in terms.items() if k != "discriminator"},
+                            **({"bad_samples": self.bad_samples} if self.bad_samples else {}))
             if self.step % int(t.checkpoint_every) == 0 or self.step == until:
                 self.save()
 

@@ -33,6 +33,9 @@ class TrainMetrics:
         self.bank_fill = Gauge("ldisc_train_bank_fill_ratio", "Memory-bank entries / capacity", labels, registry=r)
         self.checkpoint_seconds = Histogram("ldisc_train_checkpoint_save_seconds", "Checkpoint save time",
                                             labels, buckets=STEP_BUCKETS, registry=r)
+        self.bad_samples = Counter("ldisc_train_bad_samples_total",
+                                   "Samples replaced because they could not be read or decoded, by shard",
+                                   labels + ["shard"], registry=r)
         self.max_rss = Gauge("ldisc_process_max_resident_memory_bytes", "Peak resident set size", labels, registry=r)
         self.rss = Gauge("ldisc_process_resident_memory_bytes", "Resident set size now", labels, registry=r)
         self.port = port + (rank if local_rank is None else local_rank) if port > 0 else 0
@@ -50,6 +53,10 @@ class TrainMetrics:
             self.loss.labels(rk, name).set(value)
         self.max_rss.labels(rk).set(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         self.rss.labels(rk).set(current_rss_bytes())
+
+    def observe_bad_samples(self, shards: list[str]) -> None:
+        for shard in shards:
+            self.bad_samples.labels(self.rank, shard).inc()
 
     def set_bank_fill(self, ratio: float) -> None:
         self.bank_fill.labels(self.rank).set(ratio)
