@@ -210,7 +210,8 @@ class StreamLoader:
             wanted = latest_version(self.store) if self.version == "latest" else int(self.version)
             self.epoch_version = _agree(wanted)
         if self.epoch_version == 0:
-            raise RuntimeError(f"dataset {self.dataset} has no committed manifest version")
+            raise FileNotFoundError(f"dataset {self.dataset} has no committed manifest version (not an ldisc dataset, "
+                                    "or nothing ingested yet: see ldisc-shard ingest)")
         self._check_shards(self.epoch_version)
         order = self.epoch_order(self.epoch_version, self.epoch)
         if self.consumed > len(order):

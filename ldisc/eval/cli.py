@@ -14,14 +14,18 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ldisc.cli_errors import usage_error
 
 from ldisc.eval.fleet import FleetConfig, FleetSummary, init_ray, plan_runs, run_fleet, run_serial
 from ldisc.eval.monitor import FleetMonitor
 from ldisc.eval.protocol import ProtocolConfig
 from ldisc.eval.ray_local import stop_local_ray
 from ldisc.eval.report import markdown_table, summarise, win_lines, write_report
-from ldisc.eval.runs import RANDOM, CheckpointRef, resolve_checkpoint
+from ldisc.eval.runs import RANDOM, CheckpointRef, check_encoder, resolve_checkpoint
 from ldisc.eval.store import ResultsStore
 from ldisc.eval.taskdata import preflight
 from ldisc.eval.tasks import expand_tasks
@@ -132,6 +136,8 @@ def print_report(cfg: DictConfig, out=sys.stdout) -> None:
 def run(cfg: DictConfig, serial: bool = False) -> FleetSummary:
     """Evaluate the configured checkpoints (or follow ``watch.dir``), then write the report."""
     refs = None if cfg.watch.dir else [resolve_checkpoint(str(c)) for c in cfg.checkpoints]  # fail before Ray starts
+    for ref in refs or []:
+        check_encoder(ref)
     ev = Evaluator(cfg, serial)
     try:
         if cfg.watch.dir:
@@ -155,15 +161,17 @@ def run(cfg: DictConfig, serial: bool = False) -> FleetSummary:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     flags, overrides = parse_argv(sys.argv[1:] if argv is None else argv)
-    cfg = compose_config(overrides)
+    try:
+        cfg = compose_config(overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        usage_error("ldisc-eval", err)
     if flags["report_only"]:
         print_report(cfg)
         return 0
     try:
         total = run(cfg, flags["serial"])
     except (FileNotFoundError, KeyError, ValueError) as err:
-        print(f"ldisc-eval: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
-        return 2
+        usage_error("ldisc-eval", err.args[0] if isinstance(err, KeyError) else err)
     except KeyboardInterrupt:
         print(f"\nldisc-eval: interrupted; finished runs are kept in {cfg.out_dir}, rerun to continue", file=sys.stderr)
         return 130

@@ -72,6 +72,19 @@ def resolve_checkpoint(entry: str) -> CheckpointRef:
     return CheckpointRef(entry, label, str(path), _file_digest(path), steps[-1] if steps else None)
 
 
+def check_encoder(ref: CheckpointRef) -> None:
+    """Raise ValueError unless ``ref`` is ``random`` or a file :func:`ldisc.model.ld.load_encoder` accepts."""
+    if ref.path is None:
+        return
+    from ldisc.model.ld import load_encoder
+
+    try:
+        load_encoder(ref.path)
+    except Exception as err:  # noqa: BLE001 - whatever the file is, it is not an encoder we can evaluate
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise ValueError(f"checkpoint {ref.spec!r} is not an ldisc encoder file ({type(err).__name__}: {reason})") from None
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything a run needs; ``run_id`` is a hash of what determines its result."""

@@ -32,4 +32,6 @@ def _shard_source(cfg: DictConfig, info: DistInfo):
     except ImportError as err:
         raise ValueError("data.source=shards needs ldisc.data.loader.StreamLoader, not available in this "
                          f"checkout ({err})") from err
-    return StreamLoader.from_config(cfg, rank=info.rank, world_size=info.world_size)
+    loader = StreamLoader.from_config(cfg, rank=info.rank, world_size=info.world_size)
+    loader.plan()              # a missing dataset or shard object stops the job here, before any step
+    return loader
