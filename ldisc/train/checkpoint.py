@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ldisc.train import checkpoint_integrity as integrity
+
 MARKER = "COMPLETE"
 PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
@@ -45,15 +47,16 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
-    """``None`` → no resume; ``auto`` → newest complete checkpoint of ``run_dir`` (or none); else a path."""
+    """``None`` → no resume; ``auto`` → newest complete checkpoint of ``run_dir`` that verifies against its
+    checksums (or none; skipped ones are logged); else a path, which must verify."""
     if resume in (None, "", "none", "null"):
         return None
     if resume == "auto":
-        return latest_checkpoint(run_dir)
+        return integrity.newest_verified(list_checkpoints(run_dir))[0]
     path = Path(resume)
     if not is_complete(path):
         raise FileNotFoundError(f"{path} is not a complete ldisc checkpoint (no {MARKER} marker)")
-    return path
+    return integrity.require_verified(path)
 
 
 def save_checkpoint(run_dir: str | Path, step: int, write: Callable[[Path], None], keep: int = 3,
@@ -82,6 +85,7 @@ def save_checkpoint(run_dir: str | Path, step: int, write: Callable[[Path], None
         _fsync_dir_files(tmp, only=("meta.json",))
         (tmp / MARKER).write_text("ok\n")
         _fsync_dir_files(tmp, only=(MARKER,))
+        integrity.write_manifest(tmp)          # last: checksums of every file above
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
