@@ -21,7 +21,7 @@ from PIL import Image
 REASONS = (
     "unsafe_path", "unreadable_file", "empty_file", "not_an_image", "corrupt_image",
     "too_many_pixels", "unreadable_dicom", "unsupported_photometric", "unsupported_format",
-    "no_field_of_view", "processing_error",
+    "no_field_of_view", "processing_error", "symlink_loop", "unreadable_folder",
 )
 
 

@@ -75,6 +75,7 @@ class IngestResult:
     shard_bytes: int = 0
     shards_written: int = 0
     seconds: float = 0.0
+    report: str = ""               # the quarantine report (names source files: may hold identifiers)
 
 
 @dataclass
@@ -201,6 +202,23 @@ def _builder(store: Store, opts: IngestOptions, spool: _Spool, spooled: list[_Sp
     return build
 
 
+PRIVATE_DIR = ".ldisc-private"
+
+
+def quarantine_report_path(opts: IngestOptions, store) -> Path:
+    """Where the quarantine report goes: ``--quarantine-report``, else a private (0700) folder of the dataset's
+    work area — ``<dataset>/.ldisc-private/`` for a local dataset, ``<staging dir or ~/.cache/ldisc>/
+    .ldisc-private/`` for S3 — never the current directory. The report names source files, whose names
+    can carry identifiers: it is created 0600 (docs/security.md)."""
+    if opts.quarantine_report:
+        return Path(opts.quarantine_report)
+    base = store.root if isinstance(store, LocalStore) else Path(opts.staging_dir or Path.home() / ".cache" / "ldisc")
+    private = base / PRIVATE_DIR
+    private.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(private, 0o700)
+    return private / f"quarantine-{opts.site}-{opts.modality}-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
+
+
 def ingest(opts: IngestOptions, secret: bytes, metrics: IngestMetrics | None = None) -> IngestResult:
     """Run one ingest; returns its result. Bad inputs never stop it."""
     if not _SITE_NAME.match(opts.site):
@@ -213,10 +231,10 @@ def ingest(opts: IngestOptions, secret: bytes, metrics: IngestMetrics | None = N
         store.root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     result = IngestResult(version=0)
-    report_path = Path(opts.quarantine_report or
-                       f"quarantine-{opts.site}-{opts.modality}-{time.strftime('%Y%m%dT%H%M%S')}.jsonl")
+    report_path = quarantine_report_path(opts, store)
+    result.report = str(report_path)
     with tempfile.TemporaryDirectory(prefix="ldisc-ingest-", dir=opts.staging_dir) as tmp, \
-            open(report_path, "w") as report:
+            os.fdopen(os.open(report_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as report:
         spool = _Spool(Path(tmp) / "spool.bin")
         spooled = _process_all(opts, secret, metrics, spool, result, report)
         state = {"dup_run": result.duplicates, "quarantined": dict(sorted(result.quarantined.items()))}
