@@ -43,9 +43,10 @@ def _assert_usage_error(out: subprocess.CompletedProcess, prog: str, *words: str
 ])
 def test_pretrain_rejects_impossible_values(tmp_path, override, words):
     base = (["data=shards", "data.size=32", f"data.dataset={tmp_path / 'missing'}", "data.num_workers=0"]
-            if override == "data=shards" else [*PRETRAIN_TINY, override])
+            if override == "data=shards" else [*PRETRAIN_TINY])
     out = _run("ldisc.train.cli", [*base, f"run_dir={tmp_path / 'run'}", "train.stage1_steps=1",
-                                   "train.stage2_steps=0"], tmp_path)
+                                   "train.stage2_steps=0", *([] if override == "data=shards" else [override])],
+               tmp_path)
     _assert_usage_error(out, "ldisc-pretrain", *words)
 
 
