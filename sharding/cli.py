@@ -96,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         problems, counts = verify(store, version)
         for line in problems:
             print(f"PROBLEM {line}")
+        from . import leftovers
+
+        for kind, items in leftovers.find(store).items():
+            for item in items:
+                print(f"LEFTOVER {kind} {item}  (removed by the next ingest)")
         print(f"verified version {counts['version']}: {counts['shards']} shards, {counts['samples']} samples, "
               f"{counts['unreferenced_shards']} unreferenced shard objects, {len(problems)} problems")
         return 1 if problems else 0

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from ldisc.data.manifest import Manifest, commit_version
 from ldisc.data.store import LocalStore, Store, open_store
 
+from . import leftovers
 from .discover import discover
 from .metrics import IngestMetrics
 from .tarshard import build_shard
@@ -76,6 +77,7 @@ class IngestResult:
     shards_written: int = 0
     seconds: float = 0.0
     report: str = ""               # the quarantine report (names source files: may hold identifiers)
+    cleaned: dict = field(default_factory=dict)   # leftovers of killed ingests removed first, by kind
 
 
 @dataclass
@@ -233,12 +235,15 @@ def ingest(opts: IngestOptions, secret: bytes, metrics: IngestMetrics | None = N
     result = IngestResult(version=0)
     report_path = quarantine_report_path(opts, store)
     result.report = str(report_path)
-    with tempfile.TemporaryDirectory(prefix="ldisc-ingest-", dir=opts.staging_dir) as tmp, \
+    lock = FileLock(str(store.root / ".ingest.lock")) if isinstance(store, LocalStore) else nullcontext()
+    with lock:          # what killed ingests left behind (never a live writer's files: see leftovers)
+        result.cleaned = leftovers.clean(store, opts.staging_dir)
+    with tempfile.TemporaryDirectory(prefix=leftovers.SPOOL_PREFIX, dir=opts.staging_dir) as tmp, \
             os.fdopen(os.open(report_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as report:
+        (Path(tmp) / leftovers.OWNER_FILE).write_text(str(os.getpid()))
         spool = _Spool(Path(tmp) / "spool.bin")
         spooled = _process_all(opts, secret, metrics, spool, result, report)
         state = {"dup_run": result.duplicates, "quarantined": dict(sorted(result.quarantined.items()))}
-        lock = FileLock(str(store.root / ".ingest.lock")) if isinstance(store, LocalStore) else nullcontext()
         if spooled:
             with lock:
                 manifest = commit_version(store, _builder(store, opts, spool, spooled, state))
@@ -271,5 +276,6 @@ def summary_lines(result: IngestResult) -> list[str]:
         f"{result.shard_bytes / 1e6:.2f} MB in {result.shards_written} shards  ({secs:.1f} s)",
     ]
     lines += [f"  quarantined {reason}: {n}" for reason, n in sorted(result.quarantined.items())]
+    lines += [f"  cleaned leftover {kind}: {n}" for kind, n in sorted(result.cleaned.items()) if n]
     return lines
 

@@ -69,3 +69,29 @@ def test_unreadable_folder_is_reported_by_discovery(tmp_path, monkeypatch):
     monkeypatch.setattr(discover.os, "scandir", scandir)
     entries = discover.discover(tmp_path)
     assert [(e.rel, e.problem) for e in entries] == [("locked/", "unreadable_folder"), ("ok.png", None)]
+
+
+def test_leftovers_of_a_killed_ingest_are_reported_then_cleaned(tmp_path):
+    src, ds, staging = tmp_path / "src", tmp_path / "ds", tmp_path / "staging"
+    for i in range(3):
+        write_image(src / f"img{i}.png", gray_image(i, (40, 32)))
+    staging.mkdir()
+    _ingest(src, ds, "--staging-dir", str(staging))
+    dead = 2**22 + 12345                                    # above pid_max: never a live process
+    tmp_shard = ds / "shards" / f".tmp-{dead}-0123abcd-x.tar"
+    tmp_shard.write_bytes(b"half a shard")
+    orphan = ds / "manifest" / "data" / "v00000002-deadbeef0000.samples.parquet"
+    orphan.write_bytes(b"PAR1")
+    spool = staging / "ldisc-ingest-killed"
+    spool.mkdir(parents=True)
+    (spool / "owner.pid").write_text(str(dead))
+    (spool / "spool.bin").write_bytes(b"x" * 100)
+    out = run_cli("verify", str(ds))
+    assert f"LEFTOVER temporary_files {tmp_shard}" in out.stdout
+    assert "LEFTOVER orphan_manifest_files manifest/data/v00000002-deadbeef0000.samples.parquet" in out.stdout
+    write_image(src / "img9.png", gray_image(9, (40, 32)))
+    out = _ingest(src, ds, "--staging-dir", str(staging))
+    assert "cleaned leftover temporary_files: 1" in out.stdout and "cleaned leftover stale_spools: 1" in out.stdout
+    assert "cleaned leftover orphan_manifest_files: 1" in out.stdout
+    assert not tmp_shard.exists() and not orphan.exists() and not spool.exists()
+    assert "LEFTOVER" not in run_cli("verify", str(ds)).stdout
