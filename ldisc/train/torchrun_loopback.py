@@ -24,7 +24,10 @@ class LoopbackTCPStore(_TCPStore):
                  timeout: timedelta = timedelta(seconds=300), wait_for_workers: bool = True,
                  multi_tenant: bool = False, master_listen_fd: int | None = None, use_libuv: bool = True):
         if is_master and master_listen_fd is None and is_loopback(host_name):
-            master_listen_fd = loopback_listen_fd(host_name, port)
+            try:
+                master_listen_fd = loopback_listen_fd(host_name, port)
+            except OSError as err:   # e.g. another agent of this job hosts the store: as c10d reports it
+                raise RuntimeError(f"cannot listen on {host_name}:{port}: {err}") from err
         super().__init__(host_name, port, world_size, is_master, timeout, wait_for_workers, multi_tenant,
                          master_listen_fd, use_libuv)
 
