@@ -164,6 +164,8 @@ def execute_run(spec: RunSpec) -> tuple[dict, list[dict]]:
     marker = _mark_running(spec)
     started, t0 = _now(), time.perf_counter()
     try:
+        if os.environ.get("LDISC_FAULT_EVAL_FAIL_TASK") == spec.task:   # test-only fault injection
+            raise RuntimeError(f"injected failure of task {spec.task} (LDISC_FAULT_EVAL_FAIL_TASK)")
         data = load_task_data(get_task(spec.task), spec.data.get("roots") or {}, spec.data.get("size"),
                               spec.data.get("val_fraction", 0.2), spec.data.get("max_test"))
         cfg = ProtocolConfig(**spec.protocol_cfg)
