@@ -6,7 +6,6 @@ STAMP := $(VENV)/.installed
 export DS_ACCELERATOR ?= cpu
 export DS_BUILD_OPS ?= 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
-export RAY_AUTH_MODE ?= disabled
 
 .PHONY: venv demo test test-all bench clean
 

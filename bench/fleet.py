@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict
 
 from ldisc.eval.fleet import FleetConfig, init_ray, plan_runs, run_fleet, run_serial
+from ldisc.eval.ray_local import stop_local_ray
 from ldisc.eval.monitor import FleetMonitor
 from ldisc.eval.protocol import ProtocolConfig
 from ldisc.eval.runs import resolve_checkpoint
@@ -61,8 +62,6 @@ def main() -> None:
     serial_s, serial_work = _serial(args.runs, args.epochs, threads=1)
     serial2_s, _ = _serial(args.runs, args.epochs, threads=2)
 
-    import ray
-
     cfg = FleetConfig(num_cpus=2, cpus_per_run=1, retries=0, progress=False)
     t0 = time.perf_counter()
     init_ray(cfg)
@@ -77,7 +76,7 @@ def main() -> None:
             pids = len({r["pid"] for r in store.rows("ok")})
     finally:
         t1 = time.perf_counter()
-        ray.shutdown()
+        stop_local_ray()
         ray_shutdown_s = time.perf_counter() - t1
     fleet_s = summary.wall_s
     print(json.dumps({

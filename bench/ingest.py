@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tarfile
 import tempfile
@@ -76,6 +77,9 @@ def main() -> None:
         "plain_tar_copy": {"seconds": round(tar_seconds, 3), "images_per_second": round(args.images / tar_seconds, 1),
                            "mb_per_second": round(mb / tar_seconds, 2)},
         "ingest_vs_io_bound": round(tar_seconds / result.seconds, 4),
+        # the largest peak RSS of any exited child (the decode workers; 0 with --workers 1, which decodes here)
+        "worker_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+        "main_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }))
 
 

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from ldisc.train.env import is_loopback
+
 
 @dataclass
 class TorchrunSpec:
@@ -35,7 +37,10 @@ class TorchrunSpec:
 
 def torchrun_command(spec: TorchrunSpec, overrides: list[str], python: str = sys.executable) -> list[str]:
     """argv of one torchrun agent running ``spec.module`` with Hydra ``overrides``."""
-    return [python, "-m", "torch.distributed.run",
+    host = spec.rdzv_endpoint.rsplit(":", 1)[0]
+    # one machine: stores listen on loopback only and workers are told a loopback MASTER_ADDR
+    local = ["ldisc.train.torchrun_loopback", "--local-addr", host] if is_loopback(host) else ["torch.distributed.run"]
+    return [python, "-m", *local,
             "--nnodes", str(spec.nnodes), "--node-rank", str(spec.node_rank),
             "--nproc-per-node", str(spec.nproc), "--max-restarts", str(spec.max_restarts),
             "--rdzv-backend", "c10d", "--rdzv-endpoint", spec.rdzv_endpoint, "--rdzv-id", spec.rdzv_id,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ldisc.cli_errors import usage_error
 from ldisc.data.store import open_store
 
 
@@ -54,8 +55,7 @@ def _ingest(args) -> int:
     try:
         secret = load_secret(args.secret_file)
     except SecretMissing as e:
-        print(f"ldisc-shard: {e}", file=sys.stderr)
-        return 2
+        usage_error("ldisc-shard", e)
     metrics = IngestMetrics()
     if args.metrics_port:
         metrics.serve(args.metrics_port)
@@ -69,8 +69,7 @@ def _ingest(args) -> int:
     try:
         result = ingest(opts, secret, metrics)
     except (ValueError, FileNotFoundError) as e:
-        print(f"ldisc-shard: {e}", file=sys.stderr)
-        return 2
+        usage_error("ldisc-shard", e)
     finally:
         if args.metrics_file:
             metrics.write(args.metrics_file)
@@ -84,12 +83,24 @@ def main(argv: list[str] | None = None) -> int:
         return _ingest(args)
     from .verify import stats_lines, verify
 
+    from ldisc.data.manifest import list_versions
+
     store = open_store(args.dataset)
+    versions = list_versions(store)
+    if not versions:
+        usage_error("ldisc-shard", f"{args.dataset}: no committed dataset there (no manifest version); check the path")
+    if args.version != "latest" and (not args.version.isdigit() or int(args.version) not in versions):
+        usage_error("ldisc-shard", f"--version {args.version}: choose 'latest' or one of {versions}")
     version = args.version if args.version == "latest" else int(args.version)
     if args.command == "verify":
         problems, counts = verify(store, version)
         for line in problems:
             print(f"PROBLEM {line}")
+        from . import leftovers
+
+        for kind, items in leftovers.find(store).items():
+            for item in items:
+                print(f"LEFTOVER {kind} {item}  (removed by the next ingest)")
         print(f"verified version {counts['version']}: {counts['shards']} shards, {counts['samples']} samples, "
               f"{counts['unreferenced_shards']} unreferenced shard objects, {len(problems)} problems")
         return 1 if problems else 0

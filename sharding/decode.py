@@ -23,7 +23,7 @@ from ldisc.preprocess import dicom_display
 REASONS = (
     "unsafe_path", "unreadable_file", "empty_file", "not_an_image", "corrupt_image",
     "too_many_pixels", "unreadable_dicom", "unsupported_photometric", "unsupported_format",
-    "no_field_of_view", "processing_error",
+    "no_field_of_view", "processing_error", "symlink_loop", "unreadable_folder",
 )
 
 
@@ -61,15 +61,18 @@ class Decoded:
 
 
 def sniff(head: bytes) -> str | None:
-    """Source format from the first 132 bytes, or None if it is not a supported image."""
+    """Source format from the first 132 bytes, or None if it is not a supported image.
+
+    The DICOM marker comes first: a file with ``DICM`` at offset 128 is DICOM whatever its 128-byte
+    preamble holds (some vendors write "dual-personality" files whose preamble is also a TIFF header)."""
+    if head[128:132] == b"DICM":
+        return "dicom"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if head.startswith(b"\xff\xd8\xff"):
         return "jpeg"
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return "tiff"
-    if head[128:132] == b"DICM":
-        return "dicom"
     return None
 
 
@@ -160,5 +163,28 @@ def _decode_dicom(path: Path, max_pixels: int) -> Decoded:
         raise Quarantine("unreadable_dicom", f"pixel shape {arr.shape} != {rows}x{cols}")
     window, rescale = dicom_display(ds)
     out_photo = "RGB" if photometric.startswith(("RGB", "YBR")) else photometric
+    if out_photo != "RGB" and ("ModalityLUTSequence" in ds or "VOILUTSequence" in ds):
+        arr, window, rescale = _apply_lut_sequences(arr, ds, window)
     pid = str(ds.get("PatientID", "") or "").strip() or None
     return Decoded(arr, out_photo, bits, "dicom", window, rescale, pid)
+
+
+def _apply_lut_sequences(arr: np.ndarray, ds, window):
+    """Modality LUT Sequence and VOI LUT Sequence through pydicom (PS3.3 C.11.1, C.11.2).
+
+    → (pixels, window, rescale) for :func:`sharding.preprocess.to_uint8`: after a VOI LUT Sequence the
+    pixels are already windowed to 8 bit (window None, no rescale); after a Modality LUT Sequence alone
+    they are modality values, still to be windowed by the file's window or, failing that, by the
+    documented percentile fallback."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    values = apply_modality_lut(arr, ds)
+    if "VOILUTSequence" not in ds:
+        return values, window, (1.0, 0.0)
+    try:
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        out = apply_voi_lut(values, ds, index=0, prefer_lut=True).astype(np.float64)
+    except Exception as e:  # a malformed LUT: quarantine rather than guess a window
+        raise Quarantine("unreadable_dicom", f"VOI LUT: {type(e).__name__}") from None
+    out8 = np.rint(np.clip(out * 255.0 / float(2**bits - 1), 0, 255)).astype(np.uint8)
+    return out8, None, (1.0, 0.0)

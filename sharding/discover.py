@@ -4,11 +4,13 @@ A source is a folder tree (walked without following directory links, sorted, so 
 order — and therefore the shard layout — is reproducible) or an explicit list of paths
 relative to the folder (``--files-from``). Entries that are absolute, contain ``..``, or
 are links resolving outside the folder are not read: they go to quarantine as
-``unsafe_path``.
+``unsafe_path``; links that loop go as ``symlink_loop``, and folders that cannot be listed are
+reported as ``unreadable_folder`` entries.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -24,11 +26,23 @@ class SourceFile:
 
 
 def _inside(root: Path, path: Path) -> bool:
+    """True if ``path`` resolves inside ``root``."""
     try:
-        path.resolve().relative_to(root)
+        path.resolve(strict=False).relative_to(root)
         return True
     except ValueError:
         return False
+
+
+def _loops(path: Path) -> bool:
+    """True when following ``path``'s links never ends (ELOOP), e.g. ``a -> b -> a``."""
+    try:
+        os.stat(path)
+    except RuntimeError:
+        return True
+    except OSError as err:
+        return err.errno == errno.ELOOP
+    return False
 
 
 def check_entry(root: Path, rel: str) -> SourceFile:
@@ -39,7 +53,10 @@ def check_entry(root: Path, rel: str) -> SourceFile:
     if any(part == ".." for part in pure.parts):
         return SourceFile(rel, None, "unsafe_path")
     path = root / pure
-    if not _inside(root, path):  # a link (file or parent folder) escaping the source
+    if _loops(path):
+        return SourceFile(rel, None, "symlink_loop")
+    inside = _inside(root, path)
+    if not inside:  # a link (file or parent folder) escaping the source
         return SourceFile(rel, None, "unsafe_path")
     return SourceFile(pure.as_posix(), path)
 
@@ -54,7 +71,12 @@ def discover(root: str | os.PathLike, files_from: str | os.PathLike | None = Non
         entries = [check_entry(root, line.strip()) for line in lines if line.strip()]
     else:
         entries = []
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+
+        def unreadable(err: OSError) -> None:   # a folder os.walk cannot list: counted, never silent
+            rel = Path(err.filename).relative_to(root).as_posix() if err.filename else "?"
+            entries.append(SourceFile(rel + "/", None, "unreadable_folder"))
+
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False, onerror=unreadable):
             dirnames.sort()
             for name in filenames:
                 rel = (Path(dirpath) / name).relative_to(root).as_posix()

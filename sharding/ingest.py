@@ -34,6 +34,7 @@ from tqdm import tqdm
 from ldisc.data.manifest import Manifest, commit_version
 from ldisc.data.store import LocalStore, Store, open_store
 
+from . import leftovers
 from .discover import discover
 from .metrics import IngestMetrics
 from .tarshard import build_shard
@@ -75,6 +76,8 @@ class IngestResult:
     shard_bytes: int = 0
     shards_written: int = 0
     seconds: float = 0.0
+    report: str = ""               # the quarantine report (names source files: may hold identifiers)
+    cleaned: dict = field(default_factory=dict)   # leftovers of killed ingests removed first, by kind
 
 
 @dataclass
@@ -201,6 +204,23 @@ def _builder(store: Store, opts: IngestOptions, spool: _Spool, spooled: list[_Sp
     return build
 
 
+PRIVATE_DIR = ".ldisc-private"
+
+
+def quarantine_report_path(opts: IngestOptions, store) -> Path:
+    """Where the quarantine report goes: ``--quarantine-report``, else a private (0700) folder of the dataset's
+    work area — ``<dataset>/.ldisc-private/`` for a local dataset, ``<staging dir or ~/.cache/ldisc>/
+    .ldisc-private/`` for S3 — never the current directory. The report names source files, whose names
+    can carry identifiers: it is created 0600 (docs/security.md)."""
+    if opts.quarantine_report:
+        return Path(opts.quarantine_report)
+    base = store.root if isinstance(store, LocalStore) else Path(opts.staging_dir or Path.home() / ".cache" / "ldisc")
+    private = base / PRIVATE_DIR
+    private.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(private, 0o700)
+    return private / f"quarantine-{opts.site}-{opts.modality}-{time.strftime('%Y%m%dT%H%M%S')}.jsonl"
+
+
 def ingest(opts: IngestOptions, secret: bytes, metrics: IngestMetrics | None = None) -> IngestResult:
     """Run one ingest; returns its result. Bad inputs never stop it."""
     if not _SITE_NAME.match(opts.site):
@@ -213,14 +233,17 @@ def ingest(opts: IngestOptions, secret: bytes, metrics: IngestMetrics | None = N
         store.root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     result = IngestResult(version=0)
-    report_path = Path(opts.quarantine_report or
-                       f"quarantine-{opts.site}-{opts.modality}-{time.strftime('%Y%m%dT%H%M%S')}.jsonl")
-    with tempfile.TemporaryDirectory(prefix="ldisc-ingest-", dir=opts.staging_dir) as tmp, \
-            open(report_path, "w") as report:
+    report_path = quarantine_report_path(opts, store)
+    result.report = str(report_path)
+    lock = FileLock(str(store.root / ".ingest.lock")) if isinstance(store, LocalStore) else nullcontext()
+    with lock:          # what killed ingests left behind (never a live writer's files: see leftovers)
+        result.cleaned = leftovers.clean(store, opts.staging_dir)
+    with tempfile.TemporaryDirectory(prefix=leftovers.SPOOL_PREFIX, dir=opts.staging_dir) as tmp, \
+            os.fdopen(os.open(report_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as report:
+        (Path(tmp) / leftovers.OWNER_FILE).write_text(str(os.getpid()))
         spool = _Spool(Path(tmp) / "spool.bin")
         spooled = _process_all(opts, secret, metrics, spool, result, report)
         state = {"dup_run": result.duplicates, "quarantined": dict(sorted(result.quarantined.items()))}
-        lock = FileLock(str(store.root / ".ingest.lock")) if isinstance(store, LocalStore) else nullcontext()
         if spooled:
             with lock:
                 manifest = commit_version(store, _builder(store, opts, spool, spooled, state))
@@ -253,5 +276,6 @@ def summary_lines(result: IngestResult) -> list[str]:
         f"{result.shard_bytes / 1e6:.2f} MB in {result.shards_written} shards  ({secs:.1f} s)",
     ]
     lines += [f"  quarantined {reason}: {n}" for reason, n in sorted(result.quarantined.items())]
+    lines += [f"  cleaned leftover {kind}: {n}" for kind, n in sorted(result.cleaned.items()) if n]
     return lines
 

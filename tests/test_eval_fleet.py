@@ -23,7 +23,7 @@ COMMON = ["protocol=smoke", "protocol.epochs_frozen=4", "data.max_test=6", "ray.
 
 
 def _env() -> dict:
-    return os.environ | {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    return {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"PYTHONUNBUFFERED": "1"}
 
 
 def _metrics(out: Path) -> dict[str, float]:
@@ -89,25 +89,25 @@ def test_fleet_survives_a_killed_worker_and_reruns_nothing(tmp_path):
 
 
 def test_failing_runs_are_retried_then_recorded_and_retried_on_rerun(tmp_path):
-    out, bad = tmp_path / "eval", tmp_path / "truncated" / "encoder.pt"
-    bad.parent.mkdir()
-    bad.write_bytes(b"PK\x03\x04 half a checkpoint")  # a file that torch.load cannot read
-    cmd = [c for c in EVAL + COMMON if c != "checkpoints=[random]"] + [
-        f"checkpoints=[random,{bad}]", "tasks=[synth_idrid_disc@8]", "fleet.retries=1", "protocols=[frozen]",
-        f"out_dir={out}"]
-    first = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    # A file that is not an encoder is now rejected before any run (test_cli_misuse); runs that fail
+    # are injected by task instead.
+    out, failing = tmp_path / "eval", "synth_jsrt_lung@8"
+    cmd = EVAL + COMMON + [f"tasks=[synth_idrid_disc@8,{failing}]", "fleet.retries=1", "protocols=[frozen]",
+                           f"out_dir={out}"]
+    env = _env() | {"LDISC_FAULT_EVAL_FAIL_TASK": failing}
+    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode == 1, first.stdout + first.stderr
-    rows = {r["checkpoint"]: r for r in _rows(out)}
-    assert rows["random"]["status"] == "ok"
-    failed = rows["truncated/encoder"]
-    assert failed["status"] == "failed" and failed["attempt"] == 2 and failed["error"]
-    assert failed["dice_mean"] is None and "failed: truncated/encoder synth_idrid_disc@8 frozen" in first.stderr
+    rows = {r["task"]: r for r in _rows(out)}
+    assert rows["synth_idrid_disc@8"]["status"] == "ok"
+    failed = rows[failing]
+    assert failed["status"] == "failed" and failed["attempt"] == 2 and "injected failure" in failed["error"]
+    assert failed["dice_mean"] is None and f"failed: random {failing} frozen" in first.stderr
     assert _metrics(out) == {"done": 1.0, "failed": 1.0, "retried": 1.0, "skipped": 0.0}
 
-    second = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 1
     assert "2 runs planned, 1 already done, 0 done, 1 failed, 1 retried" in second.stdout
-    assert {r["checkpoint"]: r["attempt"] for r in _rows(out)}["truncated/encoder"] == 4, "attempts add up"
+    assert {r["task"]: r["attempt"] for r in _rows(out)}[failing] == 4, "attempts add up"
 
 
 def test_a_missing_dataset_folder_stops_the_command_before_any_run(tmp_path):

@@ -150,10 +150,11 @@ def test_corrupt_sample_in_a_shard_is_replaced_and_counted(tmp_path, dataset):
     for k in range(20):
         data[row["png_offset"] + 40 + k] ^= 0x5A
     path.write_bytes(bytes(data))
-    loader = StreamLoader(ds, batch_size=2, output="images", num_workers=2)
+    loader = StreamLoader(ds, batch_size=2, output="images", num_workers=2, max_bad_fraction=0.05)
     batches = list(loader)
     assert len(batches) == N_FIRST // 4 and loader.corrupt_samples == 1
     assert sum(b["corrupt"] for b in batches) == 1
+    assert [s for b in batches for s in b.get("bad_shards", [])] == [row["shard"]]
 
 
 def test_mixing_weights_set_group_proportions(tmp_path):

@@ -4,9 +4,17 @@ Public API: :class:`StreamLoader` (resumable, elastic LD batches), :func:`open_s
 :func:`read_manifest`, :func:`latest_version`, :func:`list_versions`.
 """
 
-from .loader import StreamLoader
 from .manifest import Manifest, latest_version, list_versions, read_manifest
 from .store import LocalStore, S3Store, open_store
 
 __all__ = ["StreamLoader", "Manifest", "latest_version", "list_versions", "read_manifest",
            "LocalStore", "S3Store", "open_store"]
+
+
+def __getattr__(name: str):
+    """``StreamLoader`` on first use: the dataset tools (ldisc-shard) read stores and manifests without torch."""
+    if name == "StreamLoader":
+        from .loader import StreamLoader
+
+        return StreamLoader
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,9 @@ epoch always finishes on the version it started with.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections import Counter
 from typing import Any
 
 import torch
@@ -31,6 +33,11 @@ from .store import open_store
 from .stream import EpochPlan, LDStream
 
 STATE_FORMAT = "ldisc-stream/1"
+log = logging.getLogger(__name__)
+
+
+class BadDataError(RuntimeError):
+    """Too many samples of an epoch could not be read or decoded, or shard objects are missing."""
 
 
 def _dist_world() -> tuple[int, int]:
@@ -70,6 +77,9 @@ class StreamLoader:
         view_config: ``ldisc.views.ViewConfig`` (default ViewConfig()).
         holdout, split: with ``holdout`` > 0, samples whose id hashes below it form the validation
             split (``order.holdout_mask``); ``split`` train | val | all picks what this loader reads.
+        max_bad_fraction: stop with :class:`BadDataError` once more than this share of the rank's
+            samples of an epoch had to be replaced (None: never stop; replacements are still
+            counted and logged with their shard).
     """
 
     def __init__(self, dataset: str, batch_size: int, *, seed: int = 0, version: int | str = "latest",
@@ -77,7 +87,7 @@ class StreamLoader:
                  shuffle_window: int = 2048, num_workers: int = 0, world_size: int | None = None,
                  rank: int | None = None, output: str = "views", view_config: Any = None,
                  prefetch_factor: int = 2, endpoint_url: str | None = None, holdout: float = 0.0,
-                 split: str = "all"):
+                 split: str = "all", max_bad_fraction: float | None = 0.01):
         dist_world, dist_rank = _dist_world()
         self.world_size = world_size if world_size is not None else dist_world
         self.rank = rank if rank is not None else dist_rank
@@ -98,6 +108,11 @@ class StreamLoader:
         self.dropped_samples = 0          # epoch tails no rank saw (split remainder)
         self._tables: dict[int, SampleTable] = {}
         self._batches = None              # live iterator behind next_batch()
+        if max_bad_fraction is not None and not 0 <= max_bad_fraction <= 1:
+            raise ValueError(f"max_bad_fraction must be in [0, 1] or null, got {max_bad_fraction}")
+        self.max_bad_fraction = max_bad_fraction
+        self.epoch_bad: Counter = Counter()  # replaced samples of the current epoch, by shard
+        self._checked_versions: set[int] = set()
 
     @classmethod
     def from_config(cls, cfg, rank: int | None = None, world_size: int | None = None,
@@ -115,7 +130,7 @@ class StreamLoader:
                    num_workers=int(d.num_workers) if split == "train" else 0, world_size=world_size, rank=rank,
                    view_config=view_config(cfg), prefetch_factor=int(d.prefetch_factor),
                    endpoint_url=d.get("endpoint_url"), holdout=float(cfg.train.get("val_fraction", 0) or 0),
-                   split=split)
+                   split=split, max_bad_fraction=d.get("max_bad_fraction", 0.01))
 
     def next_batch(self) -> dict:
         """The next batch of the endless stream (epochs follow each other); the trainer's interface."""
@@ -140,7 +155,8 @@ class StreamLoader:
                 "manifest_version": self.epoch_version, "consumed": self.consumed,
                 "world_size": self.world_size, "batch_size": self.batch_size,
                 "per_rank_consumed": self.consumed // self.world_size,
-                "corrupt_samples": self.corrupt_samples, "dropped_samples": self.dropped_samples}
+                "corrupt_samples": self.corrupt_samples, "dropped_samples": self.dropped_samples,
+                "epoch_bad_by_shard": dict(self.epoch_bad)}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state`` (any world size and batch size; same seed required)."""
@@ -156,12 +172,38 @@ class StreamLoader:
             raise ValueError("a mid-epoch position needs its manifest_version")
         self.corrupt_samples = int(state.get("corrupt_samples", 0))
         self.dropped_samples = int(state.get("dropped_samples", 0))
+        self.epoch_bad = Counter({str(k): int(v) for k, v in (state.get("epoch_bad_by_shard") or {}).items()})
 
     # -- planning ---------------------------------------------------------------------
     def _table(self, version: int) -> SampleTable:
         if version not in self._tables:
             self._tables = {version: SampleTable.from_manifest(read_manifest(self.store, version))}
         return self._tables[version]
+
+    def _check_shards(self, version: int) -> None:
+        """Every shard object the version's manifest names exists (once per version)."""
+        if version in self._checked_versions:
+            return
+        missing = [k for k in self._table(version).shard_keys if not self.store.exists(k)]
+        if missing:
+            raise BadDataError(f"dataset {self.dataset} version {version}: {len(missing)} shard object(s) missing: "
+                               f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}; re-ingest or restore them")
+        self._checked_versions.add(version)
+
+    def _count_bad(self, batch: dict, plan: EpochPlan) -> None:
+        """Count a batch's replaced samples by shard, log them, stop past ``max_bad_fraction``."""
+        shards = Counter(batch.get("bad_shards", []))
+        self.epoch_bad.update(shards)
+        total = sum(self.epoch_bad.values())
+        for shard, n in sorted(shards.items()):
+            log.warning("rank %d epoch %d: %d undecodable sample(s) from %s replaced (%d this epoch)",
+                        self.rank, plan.epoch, n, shard, total)
+        rank_samples = len(plan.order) / plan.world_size
+        if self.max_bad_fraction is not None and total > self.max_bad_fraction * rank_samples:
+            worst = ", ".join(f"{k} ({n})" for k, n in self.epoch_bad.most_common(5))
+            raise BadDataError(f"dataset {self.dataset}: {total} of this rank's {rank_samples:.0f} samples in epoch "
+                               f"{plan.epoch} could not be read or decoded, more than data.max_bad_fraction="
+                               f"{self.max_bad_fraction}; shards: {worst}. Run `ldisc-shard verify`.")
 
     def epoch_order(self, version: int, epoch: int):
         """The global order (rows of the version's sample table) of ``epoch``."""
@@ -179,7 +221,9 @@ class StreamLoader:
             wanted = latest_version(self.store) if self.version == "latest" else int(self.version)
             self.epoch_version = _agree(wanted)
         if self.epoch_version == 0:
-            raise RuntimeError(f"dataset {self.dataset} has no committed manifest version")
+            raise FileNotFoundError(f"dataset {self.dataset} has no committed manifest version (not an ldisc dataset, "
+                                    "or nothing ingested yet: see ldisc-shard ingest)")
+        self._check_shards(self.epoch_version)
         order = self.epoch_order(self.epoch_version, self.epoch)
         if self.consumed > len(order):
             raise ValueError(f"position {self.consumed} beyond the {len(order)} samples of epoch {self.epoch}")
@@ -213,6 +257,9 @@ class StreamLoader:
             expected += 1
             self.consumed += self.world_size * self.per_rank
             self.corrupt_samples += int(batch["corrupt"])
+            if batch["corrupt"]:
+                self._count_bad(batch, plan)
             yield batch
         self.dropped_samples += plan.dropped
         self.epoch, self.consumed, self.epoch_version = self.epoch + 1, 0, None
+        self.epoch_bad.clear()

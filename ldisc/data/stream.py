@@ -4,8 +4,9 @@ of one epoch (or the rest of it) — in a DataLoader worker or in the main proce
 It receives an :class:`EpochPlan` (computed once in the main process by
 :class:`ldisc.data.loader.StreamLoader`), reads the samples of its steps by random access,
 decodes them and builds LD views. A sample that cannot be read or decoded is replaced by
-the nearest good image of the same batch (or a black image if none) and counted, so a
-corrupt shard never stops training nor makes ranks disagree on the number of steps.
+the nearest good image of the same batch (or a black image if none) and counted with its
+shard named; the loader stops the job when an epoch's share of them passes
+``max_bad_fraction`` (:class:`ldisc.data.loader.StreamLoader`).
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class LDStream(IterableDataset):
     ``output``: 'views' (LD view tensors, see ``ldisc.views``), 'images' (decoded PIL
     images), or 'ids' (metadata only, nothing read). Every batch carries ``positions``
     (int64 global positions in the epoch order), ``sample_ids``, ``step``, ``epoch``,
-    ``version`` and ``corrupt`` (images replaced in this batch).
+    ``version`` and ``corrupt`` (images replaced in this batch; when > 0, ``bad_shards`` names the shard of
+    each replaced image).
     """
 
     def __init__(self, dataset: str, table: SampleTable, plan: EpochPlan, *, seed: int,
@@ -82,6 +84,7 @@ class LDStream(IterableDataset):
                 images.append(reader.image(int(row)))
             except Exception:
                 images.append(None)
+        self._decoded = [im is not None for im in images]
         bad = sum(1 for im in images if im is None)
         if bad:
             good = [i for i, im in enumerate(images) if im is not None]
@@ -110,6 +113,9 @@ class LDStream(IterableDataset):
         if self.output == "ids":
             return out
         images, out["corrupt"] = self._images(reader, rows)
+        if out["corrupt"]:
+            out["bad_shards"] = [self.table.shard_keys[self.table.shard_index[int(row)]]
+                                 for row, ok in zip(rows, self._decoded) if not ok]
         if self.output == "images":
             out["images"] = images
         else:

@@ -14,14 +14,19 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ldisc.cli_errors import usage_error
 
 from ldisc.config import config_dir
 from ldisc.eval.fleet import FleetConfig, FleetSummary, init_ray, plan_runs, run_fleet, run_serial
 from ldisc.eval.monitor import FleetMonitor
 from ldisc.eval.protocol import ProtocolConfig
+from ldisc.eval.ray_local import stop_local_ray
 from ldisc.eval.report import landmark_table, markdown_table, summarise, win_lines, write_report
-from ldisc.eval.runs import RANDOM, CheckpointRef, resolve_checkpoint
+from ldisc.eval.runs import RANDOM, CheckpointRef, check_encoder, resolve_checkpoint
 from ldisc.eval.store import ResultsStore
 from ldisc.eval.taskdata import preflight
 from ldisc.eval.tasks import expand_tasks
@@ -89,7 +94,8 @@ class Evaluator:
                                      num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
                                      max_in_flight=fleet.max_in_flight, object_store_mb=cfg.ray.object_store_mb,
                                      warm_start=bool(fleet.warm_start),
-                                     progress=bool(fleet.progress), metrics_port=cfg.metrics.port)
+                                     progress=bool(fleet.progress), metrics_port=cfg.metrics.port,
+                                     auth=bool(cfg.ray.get("auth", True)))
         self.serial = serial or fleet.mode == "serial"
         if fleet.mode not in ("ray", "serial"):
             raise ValueError(f"fleet.mode must be 'ray' or 'serial', got {fleet.mode!r}")
@@ -117,8 +123,7 @@ class Evaluator:
     def close(self) -> None:
         self.monitor.close()
         if self.started_ray:
-            import ray
-            ray.shutdown()
+            stop_local_ray()
 
 
 def print_report(cfg: DictConfig, out=sys.stdout) -> None:
@@ -137,6 +142,8 @@ def print_report(cfg: DictConfig, out=sys.stdout) -> None:
 def run(cfg: DictConfig, serial: bool = False) -> FleetSummary:
     """Evaluate the configured checkpoints (or follow ``watch.dir``), then write the report."""
     refs = None if cfg.watch.dir else [resolve_checkpoint(str(c)) for c in cfg.checkpoints]  # fail before Ray starts
+    for ref in refs or []:
+        check_encoder(ref)
     ev = Evaluator(cfg, serial)
     try:
         if cfg.watch.dir:
@@ -160,15 +167,17 @@ def run(cfg: DictConfig, serial: bool = False) -> FleetSummary:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     flags, overrides = parse_argv(sys.argv[1:] if argv is None else argv)
-    cfg = compose_config(overrides)
+    try:
+        cfg = compose_config(overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        usage_error("ldisc-eval", err)
     if flags["report_only"]:
         print_report(cfg)
         return 0
     try:
         total = run(cfg, flags["serial"])
     except (FileNotFoundError, KeyError, ValueError) as err:
-        print(f"ldisc-eval: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
-        return 2
+        usage_error("ldisc-eval", err.args[0] if isinstance(err, KeyError) else err)
     except KeyboardInterrupt:
         print(f"\nldisc-eval: interrupted; finished runs are kept in {cfg.out_dir}, rerun to continue", file=sys.stderr)
         return 130

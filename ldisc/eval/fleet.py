@@ -1,6 +1,6 @@
 """The evaluation fleet: every (checkpoint, task, protocol, seed) is one Ray task; the driver records.
 
-``run_fleet`` starts a local Ray bound to 127.0.0.1 (and stops it afterwards), or connects to an
+``init_ray`` starts a local Ray bound to 127.0.0.1 with token authentication (``ray_local``), or connects to an
 existing cluster (``address``). It submits at most as many runs as the cluster has room for, so that
 "running" means running, and waits for them one by one. Each finished run's row is written by the
 driver at once (see ``store``), so a crash loses only runs in flight. A run that raises, or whose
@@ -24,6 +24,7 @@ from itertools import product
 from ldisc.eval.monitor import FleetMonitor
 from ldisc.eval.overlays import save_overlays
 from ldisc.eval.protocol import PROTOCOLS
+from ldisc.eval.ray_local import start_local_ray
 from ldisc.eval.runs import CheckpointRef, RunSpec, base_row, execute_run, versions
 from ldisc.eval.store import ResultsStore
 from ldisc.eval.tasks import Task, task_methods
@@ -46,6 +47,7 @@ class FleetConfig:
     object_store_mb: int | None = None
     progress: bool = True
     metrics_port: int | None = None
+    auth: bool = True                  # token authentication for the local Ray (ray.auth)
 
 
 @dataclass
@@ -133,7 +135,7 @@ def run_serial(specs: list[RunSpec], store: ResultsStore, monitor: FleetMonitor,
 
 
 def init_ray(cfg: FleetConfig) -> bool:
-    """Connect to ``cfg.address`` or start a local Ray on 127.0.0.1; True if this call started Ray."""
+    """Connect to ``cfg.address`` or start a local Ray on 127.0.0.1 (see ``ray_local``); True if this call started Ray."""
     import ray
 
     if ray.is_initialized():
@@ -141,13 +143,10 @@ def init_ray(cfg: FleetConfig) -> bool:
     if cfg.address:
         ray.init(address=cfg.address, log_to_driver=False)
         return False
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    kwargs = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, "include_dashboard": False,
-              "log_to_driver": False, "_node_ip_address": "127.0.0.1"}
+    kwargs = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, "log_to_driver": False}
     if cfg.object_store_mb:
         kwargs["object_store_memory"] = int(cfg.object_store_mb) << 20
-    ray.init(**{k: v for k, v in kwargs.items() if v is not None})
+    start_local_ray(auth=cfg.auth, **{k: v for k, v in kwargs.items() if v is not None})
     if cfg.warm_start:
         warm_workers(cfg)
     return True

@@ -72,6 +72,19 @@ def resolve_checkpoint(entry: str) -> CheckpointRef:
     return CheckpointRef(entry, label, str(path), _file_digest(path), steps[-1] if steps else None)
 
 
+def check_encoder(ref: CheckpointRef) -> None:
+    """Raise ValueError unless ``ref`` is ``random`` or a file :func:`ldisc.model.ld.load_encoder` accepts."""
+    if ref.path is None:
+        return
+    from ldisc.model.ld import load_encoder
+
+    try:
+        load_encoder(ref.path)
+    except Exception as err:  # noqa: BLE001 - whatever the file is, it is not an encoder we can evaluate
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise ValueError(f"checkpoint {ref.spec!r} is not an ldisc encoder file ({type(err).__name__}: {reason})") from None
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything a run needs; ``run_id`` is a hash of what determines its result."""
@@ -160,6 +173,8 @@ def execute_run(spec: RunSpec) -> tuple[dict, list[dict]]:
     marker = _mark_running(spec)
     started, t0 = _now(), time.perf_counter()
     try:
+        if os.environ.get("LDISC_FAULT_EVAL_FAIL_TASK") == spec.task:   # test-only fault injection
+            raise RuntimeError(f"injected failure of task {spec.task} (LDISC_FAULT_EVAL_FAIL_TASK)")
         cfg = ProtocolConfig(**spec.protocol_cfg).validated()
         task = get_task(spec.task)
         data = load_task_data(task, spec.data.get("roots") or {}, spec.data.get("size"),

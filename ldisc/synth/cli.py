@@ -78,9 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and not out.is_dir():
         print(f"ldisc-synth: error: --out {out} exists and is not a folder", file=sys.stderr)
         return 2
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    for mask_name in MASKS[args.modality]:
-        (out / "masks" / mask_name).mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "images").mkdir(parents=True, exist_ok=True)
+        for mask_name in MASKS[args.modality]:
+            (out / "masks" / mask_name).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"ldisc-synth: error: --out {out}: cannot create folders there ({err.strerror})", file=sys.stderr)
+        return 2
 
     work = partial(write_sample, modality=args.modality, size=args.size, seed=args.seed, out=out)
     started = time.perf_counter()

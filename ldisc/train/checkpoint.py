@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ldisc.train import checkpoint_integrity as integrity
+
 MARKER = "COMPLETE"
 PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
@@ -105,15 +107,16 @@ def resolve_checkpoint_spec(spec: str | Path) -> Path:
 
 
 def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
-    """``None`` → no resume; ``auto`` → newest complete checkpoint of ``run_dir`` (or none);
-    ``latest`` / ``best`` → that checkpoint of ``run_dir``; else a checkpoint spec (see above)."""
+    """``None`` → no resume; ``auto`` → newest complete checkpoint of ``run_dir`` that verifies against
+    its checksums (or none; skipped ones are logged); ``latest`` / ``best`` → that checkpoint of
+    ``run_dir``; else a checkpoint spec (see above). Named and explicit checkpoints must verify."""
     if resume in (None, "", "none", "null"):
         return None
     if resume == "auto":
-        return latest_checkpoint(run_dir)
+        return integrity.newest_verified(list_checkpoints(run_dir))[0]
     if resume in NAMES:
-        return resolve_checkpoint(run_dir, resume)
-    return resolve_checkpoint_spec(resume)
+        return integrity.require_verified(resolve_checkpoint(run_dir, resume))
+    return integrity.require_verified(resolve_checkpoint_spec(resume))
 
 
 def save_checkpoint(run_dir: str | Path, step: int, write: Callable[[Path], None], keep: int = 3,
@@ -142,6 +145,7 @@ def save_checkpoint(run_dir: str | Path, step: int, write: Callable[[Path], None
         _fsync_dir_files(tmp, only=("meta.json",))
         (tmp / MARKER).write_text("ok\n")
         _fsync_dir_files(tmp, only=(MARKER,))
+        integrity.write_manifest(tmp)          # last: checksums of every file above
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

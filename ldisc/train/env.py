@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import ipaddress
 import os
 import socket
 import sys
@@ -83,6 +84,8 @@ def init_distributed(backend: str = "auto") -> DistInfo:
     backend = acc.communication_backend_name() if backend == "auto" else backend
     if owns and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
         _init_on_attempt_store(backend)
+    elif owns:
+        _init_on_own_store(backend)
     if owns:
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -106,6 +109,43 @@ def _init_on_attempt_store(backend: str) -> None:
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     torch.distributed.init_process_group(backend, store=torch.distributed.PrefixStore(f"/ldisc/attempt_{attempt}", store),
                                          rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def loopback_listen_fd(host: str, port: int) -> int:
+    """A listening socket on ``host:port`` (a loopback address), handed over as a file descriptor.
+
+    c10d's TCPStore server listens on every interface when it binds its own socket; given a socket it
+    listens where that socket is bound."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((socket.gethostbyname(host), port))
+    sock.listen(128)
+    return sock.detach()
+
+
+def _init_on_own_store(backend: str) -> None:
+    """Join the process group without torchrun: one process needs no store server at all (an in-process
+    HashStore); several processes on one machine (MASTER_ADDR loopback) get a store listening on loopback
+    only. Otherwise (MASTER_ADDR on the network) torch's env:// rendezvous binds as configured."""
+    from datetime import timedelta
+
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", 0) or 0)
+    if world == 1:
+        store = torch.distributed.HashStore()
+    elif is_loopback(addr):
+        fd = loopback_listen_fd(addr, port) if rank == 0 else None
+        store = torch.distributed.TCPStore(addr, port, world, rank == 0, timedelta(minutes=5), master_listen_fd=fd)
+    else:
+        return
+    torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=world)
 
 
 def barrier() -> None:

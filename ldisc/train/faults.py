@@ -30,3 +30,11 @@ def maybe_kill_in_save(step: int, rank: int) -> None:
     at = os.environ.get("LDISC_FAULT_KILL_IN_SAVE")
     if at and int(at) == step and rank == 0 and _first_attempt():
         _kill()
+
+
+def maybe_stop_at_step(step: int, rank: int) -> None:
+    """``LDISC_FAULT_STOP_AT_STEP=N`` (rank ``LDISC_FAULT_STOP_RANK``, default 0) SIGSTOPs that rank when step N
+    begins, so that a test can inspect the live job (its listening sockets) and then kill it."""
+    at = os.environ.get("LDISC_FAULT_STOP_AT_STEP")
+    if at and int(at) == step and rank == int(os.environ.get("LDISC_FAULT_STOP_RANK", 0)):
+        os.kill(os.getpid(), signal.SIGSTOP)

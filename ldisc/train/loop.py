@@ -77,6 +77,7 @@ class Trainer:
         self.shape_prior: ShapePrior | None = None
         self.losses: list[dict] = []
         self.step, self.stage = 0, 0
+        self.bad_samples = 0           # replaced (undecodable) samples this process has trained on
         self.last_checkpoint: Path | None = None
         self.cluster_log = JsonlLog(self.run_dir / "clusters.jsonl", enabled=self.rank == 0)
         self.cluster_probe: ClusterProbe | None = None
@@ -194,6 +195,10 @@ class Trainer:
         batch = self.data.next_batch()
         wait = time.perf_counter() - t0
         keys.extend(batch.pop("keys", None) or batch.pop("sample_ids", None) or [])
+        bad = batch.pop("bad_shards", None)
+        if bad:
+            self.metrics.observe_bad_samples(bad)
+            self.bad_samples += len(bad)
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         self.engine.train()
         disc = self.shape_prior.discriminator if self.shape_prior else None
@@ -261,6 +266,7 @@ class Trainer:
         micro = int(self.cfg.engine.gradient_accumulation)
         while self.step < until:
             faults.maybe_kill_at_step(self.step + 1, self.rank)
+            faults.maybe_stop_at_step(self.step + 1, self.rank)
             t0 = time.perf_counter()
             terms_sum, keys, images, wait = {}, [], 0, 0.0
             lr = self.engine.lr            # the rate this step's update uses
@@ -288,7 +294,8 @@ class Trainer:
             self.log.append(record)
             self.samples_log.append({"step": self.step, "keys": keys})
             bar.update(1)
-            bar.set_postfix(stage=self.stage, **{k: f"{v:.3f}" for k, v in terms.items() if k != "discriminator"})
+            bar.set_postfix(stage=self.stage, **{k: f"{v:.3f}" for k, v in terms.items() if k != "discriminator"},
+                            **({"bad_samples": self.bad_samples} if self.bad_samples else {}))
             if self.cluster_probe is not None and self.cluster_probe.due(self.step, self.step == until):
                 self._probe_clusters(bar)
             if at_checkpoint:

@@ -39,6 +39,9 @@ class TrainMetrics:
                                             labels, buckets=STEP_BUCKETS, registry=r)
         self.checkpoint_step = Gauge("ldisc_train_checkpoint_step", "Step of the newest complete checkpoint "
                                      "(saved or resumed from)", labels, registry=r)
+        self.bad_samples = Counter("ldisc_train_bad_samples_total",
+                                   "Samples replaced because they could not be read or decoded, by shard",
+                                   labels + ["shard"], registry=r)
         self.max_rss = Gauge("ldisc_process_max_resident_memory_bytes", "Peak resident set size", labels, registry=r)
         self.rss = Gauge("ldisc_process_resident_memory_bytes", "Resident set size now", labels, registry=r)
         self.cluster_crispness = Gauge("ldisc_cluster_crispness", "Mean over pixels of max_k cluster mask",
@@ -79,6 +82,10 @@ class TrainMetrics:
             self.cluster_area_share.labels(rk, str(k)).set(share)
         for name, dice in stats.dice.items():
             self.cluster_dice.labels(rk, name).set(dice)
+
+    def observe_bad_samples(self, shards: list[str]) -> None:
+        for shard in shards:
+            self.bad_samples.labels(self.rank, shard).inc()
 
     def set_bank_fill(self, ratio: float) -> None:
         self.bank_fill.labels(self.rank).set(ratio)

@@ -22,10 +22,10 @@ from argparse import Namespace
 from pathlib import Path
 
 from ldisc.train.checkpoint import _fsync_dir_files as fsync_files
+from ldisc.train.checkpoint_integrity import DERIVED_DIRS
 from ldisc.train.env import DistInfo, broadcast_object
 
-UNIVERSAL = "universal"
-TMP_UNIVERSAL = ".tmp-universal"
+UNIVERSAL, TMP_UNIVERSAL = DERIVED_DIRS       # written after the checksum manifest; not part of it
 
 
 def saved_layout(checkpoint: Path, zero_stage: int) -> tuple[int, int]:

@@ -7,6 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 from ldisc.config import compose
 from ldisc.train.env import broadcast_object, init_distributed, shutdown, single_process_env
 from ldisc.train.loop import PretrainResult, Trainer
+from ldisc.train.validate import check_pretrain_config
 
 
 def run_pretraining(cfg: DictConfig) -> PretrainResult:
@@ -15,6 +16,7 @@ def run_pretraining(cfg: DictConfig) -> PretrainResult:
     The env contract (RANK, WORLD_SIZE, …) comes from the launcher, or is set here for one process.
     Every rank uses rank 0's ``run_dir`` (a ``${now:…}`` default may differ by a second between ranks).
     """
+    check_pretrain_config(cfg)
     if int(cfg.get("threads", 0)) > 0:
         torch.set_num_threads(int(cfg.threads))
     with single_process_env():

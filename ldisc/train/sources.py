@@ -43,4 +43,6 @@ def _shard_source(cfg: DictConfig, info: DistInfo, split: str = "train"):
     except ImportError as err:
         raise ValueError("data.source=shards needs ldisc.data.loader.StreamLoader, not available in this "
                          f"checkout ({err})") from err
-    return StreamLoader.from_config(cfg, rank=info.rank, world_size=info.world_size, split=split)
+    loader = StreamLoader.from_config(cfg, rank=info.rank, world_size=info.world_size, split=split)
+    loader.plan()              # a missing dataset or shard object stops the job here, before any step
+    return loader
