@@ -31,6 +31,7 @@ from ldisc.eval.augment import PAPER_AUGMENTATION, augment_batch
 from ldisc.eval.scores import DICE_LOSSES, dice_per_image, iou_per_image
 from ldisc.eval.taskdata import FUNDUS_CROPS, SPLITS, Split, TaskData
 from ldisc.model import UNetDecoder, VGGEncoder
+from ldisc.model.init import init_weights
 from ldisc.preprocess import network_input
 
 PROTOCOLS = ("frozen", "finetune")
@@ -103,15 +104,8 @@ class ProtocolResult:
 
 
 def kaiming_init(module: nn.Module) -> None:
-    """The authors' initialisation: Kaiming normal (fan_out, relu) convolutions, zero biases, BN at (1, 0)."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+    """The authors' initialisation (:func:`ldisc.model.init.init_weights`, ``kaiming``)."""
+    init_weights(module, "kaiming")
 
 
 def encoder_in_channels(encoder: nn.Module) -> int:
