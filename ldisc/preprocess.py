@@ -26,7 +26,6 @@ from PIL import Image
 if TYPE_CHECKING:  # torch is imported by the callers that need it; ingestion workers never do
     import torch
 
-GRAY_MEAN, GRAY_STD = 0.5, 0.5
 
 
 class NoFieldOfView(ValueError):
@@ -169,15 +168,13 @@ def pad_to_square(arr: np.ndarray) -> tuple[np.ndarray, list[int]]:
 
 
 def network_input(x: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """(B, 3, H, W) images in [0, 1] → the encoder's input.
+    """(B, 3, H, W) images in [0, 1] → the encoder's input, by the contract of
+    :data:`ldisc.views.INPUT_NORMALIZATION` (the one owner, shared with pretraining): 3 channels are
+    ImageNet-normalised (the authors' fundus input), 1 channel is the gray level as (x − 0.5)/0.5
+    (the authors' X-ray input)."""
+    from ldisc.views import INPUT_NORMALIZATION, normalize, to_channels
 
-    3 channels: ImageNet mean/std (the authors' fundus input). 1 channel: the gray level (channel
-    mean) as (x − 0.5)/0.5 (the authors' X-ray input).
-    """
-    if in_channels == 3:
-        from ldisc.views import normalize
-
-        return normalize(x)
-    if in_channels == 1:
-        return (x.mean(1, keepdim=True) - GRAY_MEAN) / GRAY_STD
-    raise ValueError(f"encoders take 1 or 3 input channels, this one takes {in_channels}")
+    modality = next((m for m, (c, _, _) in INPUT_NORMALIZATION.items() if c == in_channels), None)
+    if modality is None:
+        raise ValueError(f"encoders take 1 or 3 input channels, this one takes {in_channels}")
+    return normalize(to_channels(x, in_channels), modality)

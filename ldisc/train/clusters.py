@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ldisc.objectives.crisp import sharpen
 from ldisc.objectives.diagnostics import ClusterStats, cluster_stats
-from ldisc.views import IMAGENET_MEAN, IMAGENET_STD, normalize, pil_to_tensor
+from ldisc.views import input_normalization, normalize, pil_to_tensor, to_channels
 
 HELD_OUT_SEED = 1_000_003      # offset from data.seed: never one of the training pool's seeds
 
@@ -70,14 +69,17 @@ def synthetic_probe_batch(modality: str, size: int, n: int, seed: int) -> tuple[
     return images, truth
 
 
-def model_masks(module: torch.nn.Module, images: torch.Tensor, power: float = 1.0) -> torch.Tensor:
-    """The cluster masks the objective sees (after ``objective.mask_power``), in eval mode."""
+def model_masks(module: torch.nn.Module, images: torch.Tensor, power: float = 1.0,
+                modality: str = "fundus") -> torch.Tensor:
+    """The cluster masks the objective sees (after ``objective.mask_power``), in eval mode; ``images`` in
+    [0, 1], normalised as the network input of ``modality`` (:func:`ldisc.views.input_normalization`)."""
     param = next(module.parameters())
     was_training = module.training
     module.eval()
     try:
         with torch.no_grad():
-            out = module(normalize(images.to(param.device, param.dtype)))
+            x = to_channels(images.to(param.device, param.dtype), input_normalization(modality)[0])
+            out = module(normalize(x, modality))
     finally:
         module.train(was_training)
     if out.masks is None:
@@ -90,7 +92,7 @@ def anatomy_alignment(module: torch.nn.Module, modality: str, size: int = 128, n
     """Cluster statistics and best-match Dice of a stage-2 model on held-out synthetic images
     (callable from an eval report: ``anatomy_alignment(model, "fundus").as_record()``)."""
     images, truth = synthetic_probe_batch(modality, size, n, seed)
-    return cluster_stats(model_masks(module, images, power), truth)
+    return cluster_stats(model_masks(module, images, power, modality), truth)
 
 
 class ClusterProbe:
@@ -98,6 +100,7 @@ class ClusterProbe:
         t, d = cfg.train, cfg.data
         self.every = int(t.get("cluster_image_every", 0) or 0)
         self.power = float(cfg.objective.get("mask_power", 1.0))
+        self.modality = str(d.get("modality", "fundus"))
         self.rank, self.dir = rank, Path(run_dir)
         self.images, self.truth = None, None
         if str(d.get("source", "synthetic")) == "synthetic":
@@ -107,15 +110,16 @@ class ClusterProbe:
     def remember(self, batch: dict) -> None:
         """Without synthetic ground truth: the first batch's x1_1 views become the probe batch."""
         if self.images is None:
-            mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-            std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+            _, mean, std = input_normalization(self.modality)
+            c = len(mean)
+            mean, std = torch.tensor(mean).view(1, c, 1, 1), torch.tensor(std).view(1, c, 1, 1)
             self.images = (batch["x1_1"].detach().float().cpu() * std + mean).clamp(0, 1)
 
     def due(self, step: int, final: bool) -> bool:
         return self.images is not None and (final or (self.every > 0 and step % self.every == 0))
 
     def run(self, module: torch.nn.Module, step: int) -> ClusterStats:
-        masks = model_masks(module, self.images, self.power).cpu()
+        masks = model_masks(module, self.images, self.power, self.modality).cpu()
         stats = cluster_stats(masks, self.truth)
         if self.rank == 0:
             write_cluster_picture(self.images, masks, self.dir / "clusters" / f"step_{step:07d}.png")
