@@ -71,11 +71,13 @@ def test_same_seed_same_result_other_seed_other_result(disc_data):
 
 
 def test_training_learns_the_optic_disc():
-    data = load_task_data(get_task("synth_idrid_disc@10"), size=32, max_test=6, **LDISC.data_options())
-    res = run_protocol(_encoder(), data, "finetune", protocol_config("ldisc", epochs_frozen=2, epochs_finetune=12,
+    # The authors' decoder and Kaiming init learn more slowly at tiny sizes than the earlier ldisc net:
+    # 48 px and 24 epochs reach test Dice 0.25 (32 px / 12 epochs: 0.10); chance (all foreground) is 0.03.
+    data = load_task_data(get_task("synth_idrid_disc@10"), size=48, max_test=6, **LDISC.data_options())
+    res = run_protocol(_encoder(), data, "finetune", protocol_config("ldisc", epochs_frozen=2, epochs_finetune=24,
                                                                      device="cpu"), seed=0)
     assert res.history[-1]["loss"] < res.history[0]["loss"]
-    assert sum(res.dice) / len(res.dice) > 0.3, res.dice
+    assert sum(res.dice) / len(res.dice) > 0.2, res.dice
 
 
 def test_bad_settings_are_refused(disc_data):
