@@ -45,6 +45,7 @@ def test_rbac_is_least_privilege():
     role = next(o for o in yaml.safe_load_all((K8S / "namespace-rbac.yaml").read_text()) if o["kind"] == "Role")
     granted = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
     assert granted[("", "pods/log")] == granted[("", "pods")] == {"get", "list", "watch"}
+    assert granted[("", "pods/proxy")] == {"get"}          # status: the checkpoint-step gauge, read-only
     assert {"get", "list", "watch"} <= granted[("batch", "jobs")]
     for crd in (("kubeflow.org", "pytorchjobs"), ("trainer.kubeflow.org", "trainjobs"), ("ray.io", "rayjobs")):
         assert {"get", "list", "watch"} <= granted[crd]

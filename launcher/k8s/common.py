@@ -67,7 +67,9 @@ def rbac_objects(namespace: str, account: str = APP) -> list[dict]:
         {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"]},
         {"apiGroups": [""], "resources": ["services", "configmaps"]},
     ]
-    rules = [{"apiGroups": [""], "resources": ["pods", "pods/log", "events"], "verbs": ["get", "list", "watch"]}]
+    rules = [{"apiGroups": [""], "resources": ["pods", "pods/log", "events"], "verbs": ["get", "list", "watch"]},
+             # status reads the newest checkpoint step from each pod's metrics port through the API server
+             {"apiGroups": [""], "resources": ["pods/proxy"], "verbs": ["get"]}]
     rules += [dict(r, verbs=["get", "list", "watch", "create", "delete"]) for r in crd_rules]
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": meta(namespace, None, "platform", "platform")},
