@@ -3,7 +3,10 @@ attributes preprocessing needs — and nothing else from the source.
 
 The format is decided by magic bytes, never by the file name. Every failure raises
 :class:`Quarantine` with a stable reason code; callers count and report it. The image
-size is checked against ``max_pixels`` *before* pixels are decoded (decompression bombs).
+size is checked against ``max_pixels`` *before* pixels are decoded (decompression bombs), and an
+image much larger than the shards need is reduced while (JPEG) or right after (other formats) it is
+decoded, so a worker's memory stays bounded by ``max_pixels`` × bytes per pixel (see
+:func:`reduction_factor`).
 For DICOM only the pixel module, windowing/rescale values and PatientID (to build the
 keyed pseudonym, never stored) are read.
 """
@@ -47,10 +50,11 @@ class Decoded:
     window: tuple[float, float] | None = None   # DICOM VOI window (center, width)
     rescale: tuple[float, float] = (1.0, 0.0)   # DICOM modality LUT (slope, intercept)
     patient_id: str | None = None               # only used for the keyed pseudonym
+    source_size: tuple[int, int] | None = None  # (W, H) in the file when ``pixels`` were reduced on decode
 
     @property
     def original_size(self) -> tuple[int, int]:
-        return int(self.pixels.shape[1]), int(self.pixels.shape[0])
+        return self.source_size or (int(self.pixels.shape[1]), int(self.pixels.shape[0]))
 
     def content_hash(self) -> str:
         """sha256 of the decoded pixels (dtype, shape and values): the sample id."""
@@ -76,8 +80,19 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def decode_file(path: Path, max_pixels: int) -> Decoded:
-    """Decode ``path`` or raise :class:`Quarantine`."""
+def reduction_factor(width: int, height: int, work_side: int | None) -> int:
+    """Integer factor k by which an image is reduced on decode: the largest k that keeps the shorter
+    side ≥ ``work_side`` (1 when ``work_side`` is None or the image is not that large). Ingestion passes
+    4 × the stored side, so images up to 2048 px (at 512) are decoded exactly as they are, and a 9999²
+    photograph is reduced 4× before windowing and cropping make float copies of it."""
+    if not work_side:
+        return 1
+    return max(1, min(width, height) // int(work_side))
+
+
+def decode_file(path: Path, max_pixels: int, work_side: int | None = None) -> Decoded:
+    """Decode ``path`` or raise :class:`Quarantine`; PIL formats larger than ``work_side`` on their
+    shorter side come back reduced (:func:`reduction_factor`) with ``source_size`` set."""
     try:
         with open(path, "rb") as f:
             head = f.read(132)
@@ -88,7 +103,7 @@ def decode_file(path: Path, max_pixels: int) -> Decoded:
     fmt = sniff(head)
     if fmt is None:
         raise Quarantine("not_an_image", "unrecognised file signature")
-    return _decode_dicom(path, max_pixels) if fmt == "dicom" else _decode_pil(path, fmt, max_pixels)
+    return _decode_dicom(path, max_pixels) if fmt == "dicom" else _decode_pil(path, fmt, max_pixels, work_side)
 
 
 _PIL_MODES = {"L": "MONOCHROME2", "LA": "MONOCHROME2", "1": "MONOCHROME2", "RGB": "RGB",
@@ -96,7 +111,16 @@ _PIL_MODES = {"L": "MONOCHROME2", "LA": "MONOCHROME2", "1": "MONOCHROME2", "RGB"
               "I;16L": "MONOCHROME2", "I": "MONOCHROME2"}
 
 
-def _decode_pil(path: Path, fmt: str, max_pixels: int) -> Decoded:
+def _block_mean(arr: np.ndarray, k: int) -> np.ndarray:
+    """Mean of k×k blocks (the remainder rows/columns dropped), in ``arr``'s integer dtype."""
+    if k <= 1:
+        return arr
+    h, w = arr.shape[0] // k * k, arr.shape[1] // k * k
+    blocks = arr[:h, :w].reshape(h // k, k, w // k, k, *arr.shape[2:])
+    return np.rint(blocks.mean(axis=(1, 3))).astype(arr.dtype)
+
+
+def _decode_pil(path: Path, fmt: str, max_pixels: int, work_side: int | None = None) -> Decoded:
     Image.MAX_IMAGE_PIXELS = None  # our own limit below replaces PIL's warning/error
     try:
         with Image.open(path) as im:
@@ -105,6 +129,9 @@ def _decode_pil(path: Path, fmt: str, max_pixels: int) -> Decoded:
                 raise Quarantine("too_many_pixels", f"{w}x{h} > {max_pixels}")
             if im.mode not in _PIL_MODES:
                 raise Quarantine("unsupported_photometric", f"image mode {im.mode}")
+            k = reduction_factor(w, h, work_side)
+            if k > 1 and fmt == "jpeg":
+                im.draft(im.mode, (w // k, h // k))      # the JPEG decoder scales by 1/2, 1/4, 1/8 itself
             im.load()
             mode = im.mode
             if mode in ("1", "LA"):
@@ -115,7 +142,10 @@ def _decode_pil(path: Path, fmt: str, max_pixels: int) -> Decoded:
                 im2, bits = im, 16
             else:
                 im2, bits = im, 8
-            arr = np.array(im2)
+            k = reduction_factor(*im2.size, work_side)     # what the JPEG draft left to reduce
+            if k > 1 and im2.mode in ("L", "RGB"):
+                im2, k = im2.reduce(k), 1
+            arr = _block_mean(np.array(im2), k)
     except Quarantine:
         raise
     except Exception as e:  # truncated data, bad CRC, broken headers, ...
@@ -126,7 +156,8 @@ def _decode_pil(path: Path, fmt: str, max_pixels: int) -> Decoded:
         if arr.min() < 0 or arr.max() > 65535:
             raise Quarantine("unsupported_format", "32-bit integer pixels")
         arr = arr.astype(np.uint16)
-    return Decoded(arr, _PIL_MODES[mode], bits, fmt)
+    reduced = (arr.shape[1], arr.shape[0]) != (w, h)
+    return Decoded(arr, _PIL_MODES[mode], bits, fmt, source_size=(w, h) if reduced else None)
 
 
 def _decode_dicom(path: Path, max_pixels: int) -> Decoded:

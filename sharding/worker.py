@@ -15,6 +15,9 @@ from .deid import patient_identifier, patient_key, sample_record
 from .discover import SourceFile
 from .preprocess import preprocess
 
+# decode reduces images whose shorter side is ≥ this × the stored side (sharding.decode.reduction_factor)
+WORK_SIDE_PER_STORED_SIDE = 4
+
 
 @dataclass(frozen=True)
 class WorkerOptions:
@@ -77,7 +80,7 @@ def process(src: SourceFile) -> Processed | Rejected:
             nbytes = os.path.getsize(src.path)
         except OSError as e:
             raise Quarantine("unreadable_file", type(e).__name__) from None
-        dec = decode_file(Path(src.path), opt.max_pixels)
+        dec = decode_file(Path(src.path), opt.max_pixels, work_side=WORK_SIDE_PER_STORED_SIDE * opt.size)
         image, params = preprocess(dec, opt.modality, opt.size)
         sample_id = dec.content_hash()
         key = patient_key(_SECRET, opt.site, patient_identifier(dec.patient_id, src.rel, opt.non_dicom_patient))
