@@ -31,6 +31,7 @@ VARIANTS = {                                   # overrides on top of the (author
     "ldisc_decoder": ["model.decoder=ldisc"],
     "entropy_nats": ["objective.entropy_base=2.718281828459045"],
     "torch_init": ["model.init=torch"],
+    "ld_crisp": ["objective=ld_crisp"],                 # the crisp-cluster preset (docs/clusters.md)
 }
 TASKS = ("synth_rite_vessel@16", "synth_idrid_disc@16")
 
