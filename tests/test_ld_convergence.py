@@ -18,6 +18,7 @@ def stage1_run(tmp_path_factory):
                      "data.image_size=160", "train.batch_size=2", "train.progress=false", "seed=0"])
 
 
+@pytest.mark.slow      # ~2.5 min on 2 cores with the authors' full-resolution decoder
 def test_stage1_lowers_patch_loss_by_30_percent(stage1_run):
     patch = [r["patch"] for r in stage1_run.losses]
     assert len(patch) == 120
@@ -27,10 +28,20 @@ def test_stage1_lowers_patch_loss_by_30_percent(stage1_run):
     assert drop >= 0.30
 
 
-def test_stage2_starts_from_stage1_checkpoint(stage1_run, tmp_path):
+@pytest.fixture(scope="module")
+def short_stage1_run(tmp_path_factory):
     from ldisc.train import pretrain
 
-    ckpt = stage1_run.checkpoint
+    run_dir = tmp_path_factory.mktemp("stage1-short")
+    return pretrain(["train.stage1_steps=6", "train.stage2_steps=0", "train.checkpoint_every=6",
+                     f"run_dir={run_dir}", "data.modality=fundus", "data.pool=8", "data.size=64",
+                     "data.image_size=80", "train.batch_size=2", "train.progress=false", "seed=0"])
+
+
+def test_stage2_starts_from_stage1_checkpoint(short_stage1_run, tmp_path):
+    from ldisc.train import pretrain
+
+    ckpt = short_stage1_run.checkpoint
     result = pretrain(["train.stage1_steps=0", "train.stage2_steps=3", f"train.init_from={ckpt}",
                        f"run_dir={tmp_path}", "data.pool=4", "data.size=64", "data.image_size=80",
                        "train.progress=false"])
