@@ -6,6 +6,8 @@ no generator cost, for tests and benchmarks) or ``shards`` (the streaming shard 
 """
 from __future__ import annotations
 
+import sys
+
 from omegaconf import DictConfig
 
 from ldisc.train.env import DistInfo
@@ -34,7 +36,17 @@ def build_validation_source(cfg: DictConfig, info: DistInfo):
     """The held-out validation source, or None when ``train.val_fraction`` is 0."""
     if not float(cfg.train.get("val_fraction", 0) or 0) > 0:
         return None
-    return build_data_source(cfg, info, "val")
+    source = build_data_source(cfg, info, "val")
+    start = source.state_dict()
+    try:
+        source.next_batch()
+    except RuntimeError as err:      # a split smaller than one batch per rank: say so, train without it
+        if info.rank == 0:
+            print(f"ldisc: validation off: train.val_fraction={cfg.train.val_fraction} holds out too few "
+                  f"samples ({err})", file=sys.stderr)
+        return None
+    source.load_state_dict(start)
+    return source
 
 
 def _shard_source(cfg: DictConfig, info: DistInfo, split: str = "train"):
