@@ -83,7 +83,7 @@ def sniff(head: bytes) -> str | None:
 def reduction_factor(width: int, height: int, work_side: int | None) -> int:
     """Integer factor k by which an image is reduced on decode: the largest k that keeps the shorter
     side ≥ ``work_side`` (1 when ``work_side`` is None or the image is not that large). Ingestion passes
-    4 × the stored side, so images up to 2048 px (at 512) are decoded exactly as they are, and a 9999²
+    max(4 × the stored side, 2048), so images under 4096 px are decoded exactly as they are, and a 9999²
     photograph is reduced 4× before windowing and cropping make float copies of it."""
     if not work_side:
         return 1

@@ -15,8 +15,14 @@ from .deid import patient_identifier, patient_key, sample_record
 from .discover import SourceFile
 from .preprocess import preprocess
 
-# decode reduces images whose shorter side is ≥ this × the stored side (sharding.decode.reduction_factor)
+# decode reduces images whose shorter side is ≥ 2 × max(this × the stored side, MIN_WORK_SIDE)
+# (sharding.decode.reduction_factor): everything up to 4096 px is decoded as it is
 WORK_SIDE_PER_STORED_SIDE = 4
+MIN_WORK_SIDE = 2048
+
+
+def work_side(stored_side: int) -> int:
+    return max(WORK_SIDE_PER_STORED_SIDE * stored_side, MIN_WORK_SIDE)
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,7 @@ def process(src: SourceFile) -> Processed | Rejected:
             nbytes = os.path.getsize(src.path)
         except OSError as e:
             raise Quarantine("unreadable_file", type(e).__name__) from None
-        dec = decode_file(Path(src.path), opt.max_pixels, work_side=WORK_SIDE_PER_STORED_SIDE * opt.size)
+        dec = decode_file(Path(src.path), opt.max_pixels, work_side=work_side(opt.size))
         image, params = preprocess(dec, opt.modality, opt.size)
         sample_id = dec.content_hash()
         key = patient_key(_SECRET, opt.site, patient_identifier(dec.patient_id, src.rel, opt.non_dicom_patient))

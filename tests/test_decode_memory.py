@@ -18,10 +18,10 @@ import json, resource, sys
 from pathlib import Path
 from sharding.decode import decode_file
 from sharding.preprocess import preprocess
-from sharding.worker import WORK_SIDE_PER_STORED_SIDE
+from sharding.worker import work_side
 path, modality, size = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-dec = decode_file(path, 10**8, work_side=WORK_SIDE_PER_STORED_SIDE * size)
+dec = decode_file(path, 10**8, work_side=work_side(size))
 image, params = preprocess(dec, modality, size)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"peak_mb": peak / 1024, "import_mb": before / 1024, "size": image.size,
