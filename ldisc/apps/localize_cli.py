@@ -16,10 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
 
 from ldisc.apps.landmarks import LocalizeConfig, Localizer
-from ldisc.apps.model_io import list_images, load_ld_model, pick_device, read_rgb
+from ldisc.apps.model_io import image_batches, list_images, load_ld_model, pick_device, read_rgb
 from ldisc.apps.overlay import heat_overlay
 
 
@@ -71,16 +70,7 @@ def run(args: argparse.Namespace) -> Path:
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     skipped: dict[str, str] = {}
-    for start in tqdm(range(0, len(files), cfg.batch), desc="ldisc-localize", unit="batch", dynamic_ncols=True):
-        chunk, images = [], []
-        for f in files[start:start + cfg.batch]:
-            try:
-                images.append(read_rgb(f))
-                chunk.append(f)
-            except ValueError as err:       # counted skip: one bad file does not stop thousands
-                skipped[str(f)] = str(err)
-        if not images:
-            continue
+    for chunk, images in image_batches(files, cfg.batch, skipped, "ldisc-localize"):
         for f, im, pred in zip(chunk, images, localizer.predict(images)):
             points = {n: (float(x), float(y)) for n, (x, y) in zip(localizer.names, pred.xy)}
             results[f.name] = {n: {"x": round(points[n][0], 2), "y": round(points[n][1], 2),

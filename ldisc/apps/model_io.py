@@ -139,3 +139,20 @@ def recalibrate_bn(net: LDNet, x: torch.Tensor) -> LDNet:
     for chunk in x.split(8):
         net(chunk.to(device))
     return net.eval()
+
+
+def image_batches(files: list[Path], batch: int, skipped: dict[str, str], desc: str):
+    """(files, RGB arrays) of up to ``batch`` readable images at a time, with a progress bar; an unreadable
+    file is a counted skip (``skipped[path] = reason``), so one bad file does not stop thousands."""
+    from tqdm import tqdm
+
+    for start in tqdm(range(0, len(files), batch), desc=desc, unit="batch", dynamic_ncols=True):
+        chunk, images = [], []
+        for f in files[start:start + batch]:
+            try:
+                images.append(read_rgb(f))
+                chunk.append(f)
+            except ValueError as err:
+                skipped[str(f)] = str(err)
+        if images:
+            yield chunk, images

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from ldisc.apps.model_io import list_images, load_ld_model, pick_device, read_rgb
+from ldisc.apps.model_io import image_batches, list_images, load_ld_model, pick_device
 from ldisc.apps.overlay import mask_overlay
 from ldisc.apps.segment import READOUTS, segment
 
@@ -49,16 +48,7 @@ def run(args: argparse.Namespace) -> Path:
     for sub in ("masks", "overlays"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     fractions, skipped = {}, {}
-    for start in tqdm(range(0, len(files), args.batch), desc="ldisc-segment", unit="batch", dynamic_ncols=True):
-        chunk, images = [], []
-        for f in files[start:start + args.batch]:
-            try:
-                images.append(read_rgb(f))
-                chunk.append(f)
-            except ValueError as err:
-                skipped[str(f)] = str(err)
-        if not images:
-            continue
+    for chunk, images in image_batches(files, args.batch, skipped, "ldisc-segment"):
         masks, _ = segment(loaded.net, images, args.readout, size, args.threshold, loaded.prototypes, modality,
                            args.batch)
         for f, im, m in zip(chunk, images, masks):
