@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ldisc.bank import ShardedMemoryBank, StridedLayout, global_fifo, load_bank, save_bank, shard_bytes
+from ldisc.bank import ShardedMemoryBank, StridedLayout, load_bank, save_bank, shard_bytes
+from ldisc.bank.layout import slot_ages
 from ldisc.dist import Collective, ProcessGroupCollective
 from ldisc.objectives import key_terms
 from ldisc.objectives.key_terms import ShardedKeyTerms
@@ -30,6 +31,15 @@ NCE_BANK = 301                 # bank of the criterion test, filled with 2 × 14
 
 def unit(gen: torch.Generator, n: int, dim: int = DIM) -> torch.Tensor:
     return F.normalize(torch.randn(n, dim, generator=gen, dtype=torch.float64).float(), dim=1)
+
+
+def global_fifo(states: list[dict]) -> torch.Tensor:
+    """The whole bank, oldest → newest, from all ranks' ``state_dict()``."""
+    keys = torch.cat([s["keys"] for s in states])
+    if keys.shape[0] == 0:
+        return keys
+    ages = torch.cat([slot_ages(s["slots"], s["ptr"], s["capacity"]) for s in states])
+    return keys[torch.argsort(ages, descending=True)]
 
 
 def reference_fifo(steps: list[list[torch.Tensor]], capacity: int) -> torch.Tensor:

@@ -1,7 +1,6 @@
 """The report from a results store, and ``--watch`` following a run's checkpoints as they appear."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from ldisc.eval.overlays import save_overlays
 from ldisc.eval.report import summarise, write_report
 from ldisc.eval.store import ResultsStore
 from ldisc.model import LDNet, save_encoder
+from ldisc.train.checkpoint import ENCODER_FILE, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,11 +74,9 @@ def test_report_table_differences_wins_chart_and_overlays(tmp_path):
 
 
 def _save_checkpoint(run_dir: Path, step: int) -> None:
-    """Like the trainer: write into a temporary dir, then rename it into place."""
-    tmp = run_dir / "checkpoints" / f".tmp-step_{step:07d}"
+    """A checkpoint holding an encoder, written by the trainer's own atomic save."""
     torch.manual_seed(step)
-    save_encoder(LDNet("tiny"), tmp / "encoder.pt")
-    os.replace(tmp, run_dir / "checkpoints" / f"step_{step:07d}")
+    save_checkpoint(run_dir, step, lambda tmp: save_encoder(LDNet("tiny"), tmp / ENCODER_FILE), keep=0)
 
 
 def test_watch_evaluates_new_checkpoints_as_they_appear(tmp_path):

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from ldisc.model import LDNet
+from ldisc.train.checkpoint import MODEL_FILE, TRAINER_FILE
 from ldisc.views import normalize
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -33,10 +34,10 @@ class LoadedModel:
 def checkpoint_files(checkpoint: str | Path) -> tuple[Path, Path | None]:
     """(model.pt, trainer.pt or None) of a checkpoint dir, or of a ``model.pt`` path."""
     path = Path(checkpoint)
-    model = path / "model.pt" if path.is_dir() else path
+    model = path / MODEL_FILE if path.is_dir() else path
     if not model.is_file():
-        raise FileNotFoundError(f"{checkpoint}: no model.pt (not an ldisc checkpoint directory)")
-    trainer = model.parent / "trainer.pt"
+        raise FileNotFoundError(f"{checkpoint}: no {MODEL_FILE} (not an ldisc checkpoint directory)")
+    trainer = model.parent / TRAINER_FILE
     return model, trainer if trainer.is_file() else None
 
 

@@ -2,9 +2,11 @@
 
 ``save_bank(bank, dir)`` — called by every rank — writes ``bank_rank<r>_of_<W>.pt`` (this rank's
 valid rows, their global slot ids, the global write pointer and fill) atomically.
-``load_bank(bank, dir)`` — called by every rank, with any world size and capacity — reads every
-shard of the save, one file at a time, and keeps the entries of its own new slots: the global FIFO
-(oldest → newest) is unchanged; when the capacity shrank, the newest K entries are kept.
+``load_bank(bank, dir)`` — called by every rank, with any world size and capacity — restores the
+bank: with the saving run's world size and capacity, this rank's shard as saved (same row order, so
+the bank's NCE sums in the same order: a bitwise resume); otherwise it reads every shard of the save,
+one file at a time, and keeps the entries of its own new slots: the global FIFO (oldest → newest) is
+unchanged; when the capacity shrank, the newest K entries are kept.
 No collective is used: the directory must be visible to all ranks (shared storage).
 """
 from __future__ import annotations
@@ -16,7 +18,6 @@ from typing import Iterator
 
 import torch
 
-from ldisc.bank.layout import slot_ages
 from ldisc.bank.memory_bank import ShardedMemoryBank
 
 _PATTERN = re.compile(r"bank_rank(\d+)_of_(\d+)\.pt$")
@@ -63,16 +64,14 @@ def _read(paths: list[Path]) -> Iterator[dict]:
 
 def load_bank(bank: ShardedMemoryBank, directory: str | Path) -> int:
     """Fill ``bank`` from the shards saved in ``directory``; returns the global fill (0 if none)."""
+    own = shard_path(directory, bank.layout.rank, bank.layout.world_size)
+    if own.is_file():
+        state = torch.load(own, map_location="cpu", weights_only=True)
+        if (state["capacity"], state["world_size"]) == (bank.capacity, bank.layout.world_size):
+            bank.load_state_dict(state)
+            return bank.fill
     paths = saved_shards(directory)
     if not paths:
         return 0
     return bank.load_shards(_read(paths))
 
-
-def global_fifo(states: list[dict]) -> torch.Tensor:
-    """The whole bank, oldest → newest, from all ranks' ``state_dict()`` (tests and tools: K-sized)."""
-    keys = torch.cat([s["keys"] for s in states])
-    if keys.shape[0] == 0:
-        return keys
-    ages = torch.cat([slot_ages(s["slots"], s["ptr"], s["capacity"]) for s in states])
-    return keys[torch.argsort(ages, descending=True)]

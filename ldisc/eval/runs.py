@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import socket
 import sys
 import time
@@ -25,9 +24,9 @@ from ldisc.eval.protocol import ProtocolConfig, kaiming_init, run_protocol
 from ldisc.eval.taskdata import load_task_data
 from ldisc.eval.tasks import Task, get_task
 from ldisc.model import VGGEncoder, load_encoder
+from ldisc.train.checkpoint import ENCODER_FILES, PREFIX, encoder_file, run_dir_of, step_of
 
 RANDOM = "random"
-ENCODER_FILES = ("encoder.pt", "encoder.safetensors")
 
 
 @dataclass(frozen=True)
@@ -56,20 +55,19 @@ def resolve_checkpoint(entry: str) -> CheckpointRef:
         return CheckpointRef(RANDOM, RANDOM, None, RANDOM, None)
     path = Path(entry).expanduser().resolve()
     if path.is_dir():
-        found = [path / n for n in ENCODER_FILES if (path / n).is_file()]
-        if not found:
+        found = encoder_file(path)
+        if found is None:
             raise FileNotFoundError(f"checkpoint dir {path} holds no {' or '.join(ENCODER_FILES)} (not saved yet?)")
-        path = found[0]
+        path = found
     elif not path.is_file():
         raise FileNotFoundError(f"checkpoint {entry!r} is neither 'random', an encoder file nor a checkpoint dir")
-    steps = [int(m.group(1)) for part in path.parts if (m := re.fullmatch(r"step_(\d+)", part))]
+    step = step_of(path)
     parent = path.parent
-    if steps:  # <run_dir>/checkpoints/step_N/encoder.pt → "<run_dir name>/step_N"
-        run_dir = parent.parent.parent if parent.parent.name == "checkpoints" else parent.parent
-        label = f"{run_dir.name}/step_{steps[-1]}"
+    if step is not None:  # <run_dir>/checkpoints/step_N/encoder.pt → "<run_dir name>/step_N"
+        label = f"{run_dir_of(parent).name}/{PREFIX}{step}"
     else:
         label = f"{parent.name}/{path.stem}" if path.stem in ("encoder",) else path.stem
-    return CheckpointRef(entry, label, str(path), _file_digest(path), steps[-1] if steps else None)
+    return CheckpointRef(entry, label, str(path), _file_digest(path), step)
 
 
 def check_encoder(ref: CheckpointRef) -> None:

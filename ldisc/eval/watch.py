@@ -1,14 +1,13 @@
 """Follow a pretraining run: evaluate each new checkpoint as it appears (``ldisc-eval --watch DIR``).
 
-The trainer renames ``<run_dir>/checkpoints/step_<N>/`` into place only when the save is complete,
-so a ``step_*`` directory holding ``encoder.pt`` is ready. Because the trainer prunes old
+The trainer renames ``<run_dir>/checkpoints/step_<N>/`` into place only when the save is complete
+(:mod:`ldisc.train.checkpoint` owns the layout), so a complete checkpoint holding ``encoder.pt`` is ready. Because the trainer prunes old
 checkpoints, each new encoder is first copied to ``<out_dir>/snapshots/<run name>/step_<N>/`` and
 evaluated from there.
 """
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import time
 from dataclasses import replace
@@ -16,28 +15,24 @@ from pathlib import Path
 from typing import Callable
 
 from ldisc.eval.runs import CheckpointRef, resolve_checkpoint
+from ldisc.train.checkpoint import ENCODER_FILE, checkpoint_root, list_checkpoints, run_dir_of
 
 log = logging.getLogger(__name__)
-STEP_DIR = re.compile(r"step_(\d+)")
 
 
 def find_checkpoints(root: str | Path) -> list[Path]:
-    """Complete checkpoint dirs (``step_N`` holding ``encoder.pt``) of a run dir or its ``checkpoints/``, by step."""
+    """Complete checkpoints holding ``encoder.pt`` of a run dir (or of its ``checkpoints/``), oldest first."""
     root = Path(root)
-    base = root / "checkpoints" if (root / "checkpoints").is_dir() else root
-    if not base.is_dir():
-        return []
-    found = [p for p in base.iterdir() if STEP_DIR.fullmatch(p.name) and (p / "encoder.pt").is_file()]
-    return sorted(found, key=lambda p: int(STEP_DIR.fullmatch(p.name).group(1)))
+    run_dir = root.parent if root.name == "checkpoints" and not checkpoint_root(root).is_dir() else root
+    return [p for p in list_checkpoints(run_dir) if (p / ENCODER_FILE).is_file()]
 
 
 def snapshot(checkpoint_dir: Path, snapshot_root: Path) -> CheckpointRef:
     """Copy a checkpoint's encoder out of reach of pruning and resolve the copy."""
-    run_dir = checkpoint_dir.parent.parent if checkpoint_dir.parent.name == "checkpoints" else checkpoint_dir.parent
-    target = snapshot_root / run_dir.name / checkpoint_dir.name / "encoder.pt"
+    target = snapshot_root / run_dir_of(checkpoint_dir).name / checkpoint_dir.name / ENCODER_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
-    shutil.copyfile(checkpoint_dir / "encoder.pt", tmp)
+    shutil.copyfile(checkpoint_dir / ENCODER_FILE, tmp)
     tmp.replace(target)
     return replace(resolve_checkpoint(str(target)), spec=str(checkpoint_dir))
 

@@ -9,6 +9,9 @@ loss of the last stage that had one (the authors' ``model_best``), recorded in `
 (JSON, replaced atomically) and never pruned. :func:`resolve_checkpoint` turns ``<run_dir>/best``,
 ``<run_dir>/latest`` or a checkpoint directory into a checkpoint directory, for ``train.resume``,
 ``train.init_from`` and ``ldisc-eval checkpoints=[…]``.
+
+This module owns the layout: directory and file names below are imported wherever a checkpoint is
+written or read (trainer, evaluation, ``--watch``, the application tools), never spelled again.
 """
 from __future__ import annotations
 
@@ -26,6 +29,12 @@ PREFIX = "step_"
 TMP_PREFIX = ".tmp-"
 BEST_FILE = "BEST"
 NAMES = ("latest", "best")
+MODEL_FILE = "model.pt"                # every weight of the network of the stage it was saved in
+TRAINER_FILE = "trainer.pt"            # step, stage, config, objective / shape-prior / key-encoder state
+BANK_DIR = "bank"                      # memory-bank shards (ldisc.bank.checkpoint)
+ENGINE_DIR = "ds"                      # DeepSpeed's tag directory: weights, optimizer partitions, scheduler
+ENCODER_FILE = "encoder.pt"            # the encoder alone (ldisc.model.save_encoder)
+ENCODER_FILES = (ENCODER_FILE, "encoder.safetensors")
 
 
 def checkpoint_root(run_dir: str | Path) -> Path:
@@ -34,6 +43,34 @@ def checkpoint_root(run_dir: str | Path) -> Path:
 
 def step_dir_name(step: int) -> str:
     return f"{PREFIX}{step:07d}"
+
+
+def step_of(path: str | Path) -> int | None:
+    """The step a checkpoint directory (or any path inside one) names, or None: ``…/step_0000100/…`` → 100."""
+    steps = [int(p[len(PREFIX):]) for p in Path(path).parts if p.startswith(PREFIX) and p[len(PREFIX):].isdigit()]
+    return steps[-1] if steps else None
+
+
+def run_dir_of(checkpoint_dir: str | Path) -> Path:
+    """The run directory of ``<run_dir>/checkpoints/step_N`` (or of a bare ``<dir>/step_N``)."""
+    parent = Path(checkpoint_dir).parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def rng_file(rank: int) -> str:
+    """Per-rank RNG states (Python, NumPy, torch)."""
+    return f"rank_{rank:05d}.pt"
+
+
+def position_file(rank: int) -> str:
+    """Per-rank data position (JSON, :mod:`ldisc.data.source`)."""
+    return f"data_rank_{rank:05d}.json"
+
+
+def encoder_file(checkpoint_dir: str | Path) -> Path | None:
+    """The exported encoder of a checkpoint directory (``encoder.pt``, else ``encoder.safetensors``)."""
+    found = [Path(checkpoint_dir) / n for n in ENCODER_FILES if (Path(checkpoint_dir) / n).is_file()]
+    return found[0] if found else None
 
 
 def is_complete(path: Path) -> bool:
@@ -45,8 +82,8 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     root = checkpoint_root(run_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and is_complete(p)]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    found = [p for p in root.iterdir() if p.is_dir() and step_of(p.name) is not None and is_complete(p)]
+    return sorted(found, key=lambda p: step_of(p.name))
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -99,8 +136,7 @@ def resolve_checkpoint_spec(spec: str | Path) -> Path:
     """A checkpoint directory, or ``<run_dir>/latest`` / ``<run_dir>/best`` (also under ``checkpoints/``)."""
     path = Path(spec)
     if path.name in NAMES and not path.exists():
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        return resolve_checkpoint(run_dir, path.name)
+        return resolve_checkpoint(run_dir_of(path), path.name)
     if not is_complete(path):
         raise FileNotFoundError(f"{path} is not a complete ldisc checkpoint (no {MARKER} marker)")
     return path

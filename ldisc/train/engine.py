@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 from ldisc.model import LDOutput
+from ldisc.train.checkpoint import ENGINE_DIR as DS_TAG, MODEL_FILE
 from ldisc.train.env import DistInfo, import_deepspeed
 from ldisc.train.reshard import universal_for
 from ldisc.train.schedule import scheduler_factory
 from ldisc.train.sync_bn import convert_sync_batchnorm
 
-DS_TAG = "ds"
 
 
 class Engine:
@@ -105,7 +105,7 @@ class Engine:
                                                   load_lr_scheduler_states=True)
             finally:
                 self.ds._config.load_universal_checkpoint = False
-            self._load_buffers(directory / "model.pt")
+            self._load_buffers(directory / MODEL_FILE)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {universal or directory}/{DS_TAG}")
 
