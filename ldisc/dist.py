@@ -1,8 +1,10 @@
-"""Collectives used by the objectives, with a single-process implementation of the same interface.
+"""Every collective of ldisc, each an identity in one process (no process group, or a world of one).
 
 ``Collective`` (one process) and ``ProcessGroupCollective`` (torch.distributed) expose what the
 global-batch objectives need: an all-gather whose backward returns every rank's gradient to the
-owner of each row, and a differentiable sum all-reduce.
+owner of each row, and a differentiable sum all-reduce (:func:`all_reduce_sum`, also used by the
+global batch norm). For the trainer and the data stream: :func:`barrier`, :func:`broadcast_object`
+(rank 0's decision on every rank) and :func:`average_over_ranks_` (the shape prior's gradients).
 """
 from __future__ import annotations
 
@@ -42,6 +44,41 @@ class _SumOverRanks(torch.autograd.Function):
         grad = grad.contiguous().clone()
         dist.all_reduce(grad, group=ctx.group)
         return grad, None
+
+
+def multi_process() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum(x: torch.Tensor, group=None) -> torch.Tensor:
+    """Sum of ``x`` over the ranks of ``group`` (default: the world), differentiable: backward sums the
+    ranks' gradients. ``x`` itself in one process."""
+    return _SumOverRanks.apply(x, group) if multi_process() else x
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s ``obj`` (picklable) on every rank."""
+    if not multi_process():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def average_over_ranks_(tensors) -> None:
+    """Replace each tensor by its mean over the ranks (in place; None entries are skipped)."""
+    if not multi_process():
+        return
+    world = dist.get_world_size()
+    for t in tensors:
+        if t is not None:
+            dist.all_reduce(t)
+            t.div_(world)
 
 
 class Collective:
@@ -86,7 +123,7 @@ class ProcessGroupCollective(Collective):
         return _GatherRows.apply(x.contiguous(), self.group)
 
     def all_reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
-        return _SumOverRanks.apply(x, self.group)
+        return all_reduce_sum(x, self.group)
 
     def all_reduce_detached(self, x: torch.Tensor) -> torch.Tensor:
         y = x.detach().clone()
@@ -101,6 +138,6 @@ class ProcessGroupCollective(Collective):
 
 def default_collective() -> Collective:
     """The world when torch.distributed is initialised with more than one rank, else one process."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if multi_process():
         return ProcessGroupCollective()
     return Collective()

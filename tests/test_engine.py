@@ -54,7 +54,7 @@ def test_gradient_accumulation_reads_micro_batches(tmp_path):
     result = pretrain([*TINY, f"run_dir={tmp_path}", "train.stage1_steps=2", "train.stage2_steps=0",
                        "train.checkpoint_every=2", "engine.gradient_accumulation=3"])
     assert [r["step"] for r in result.losses] == [1, 2]
-    assert [len(r["keys"]) for r in sample_log(tmp_path, 0)] == [6, 6]      # 3 micro-batches x 1 pair
+    assert [len(r["sample_ids"]) for r in sample_log(tmp_path, 0)] == [6, 6]      # 3 micro-batches x 1 pair
 
 
 def test_shape_prior_discriminator_has_its_own_adam(tmp_path):

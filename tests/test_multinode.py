@@ -48,7 +48,7 @@ def test_two_nodes_one_job(tmp_path):
     assert meta["world_size"] == 2
     assert [r["step"] for r in losses_without_timing(tmp_path)] == [1, 2, 3, 4]
     for rank in (0, 1):                                              # each rank read 2 images a step
-        assert [len(r["keys"]) for r in sample_log(tmp_path, rank)] == [2, 2, 2, 2]
+        assert [len(r["sample_ids"]) for r in sample_log(tmp_path, rank)] == [2, 2, 2, 2]
     # metrics from every rank, labelled by rank, final values (scraped while the ranks linger)
     for rank, port in enumerate(metric_ports):
         text = found[port]

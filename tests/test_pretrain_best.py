@@ -12,7 +12,7 @@ from ldisc.data import StreamLoader
 from ldisc.data.order import holdout_mask
 from ldisc.train import checkpoint as ckpt
 from ldisc.train import pretrain
-from ldisc.train.synthetic_source import holdout_split, noise_pool
+from ldisc.data.pairs import holdout_split, noise_pool
 from ldisc.views import ViewConfig
 from sharding.ingest import IngestOptions, ingest
 

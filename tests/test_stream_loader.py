@@ -11,6 +11,8 @@ import torch
 
 from _data_fixtures import SECRET, gray_image, write_image
 from ldisc.data import StreamLoader, open_store, read_manifest
+from ldisc.data.build import build_data_source
+from ldisc.data.source import position_from_json, position_to_json
 from ldisc.views import ViewConfig
 from sharding.ingest import IngestOptions, ingest
 
@@ -47,11 +49,11 @@ def global_sequence(dataset, world, steps=None, state=None, **kw):
     loaders = [StreamLoader(dataset, batch_size=2, world_size=world, rank=r, **kw) for r in range(world)]
     if state:
         for ld in loaders:
-            ld.load_state_dict(state)
+            ld.seek(state)
     per_rank = [[b["sample_ids"] for b in _take(ld, steps)] for ld in loaders]
     assert len({len(p) for p in per_rank}) == 1, "ranks disagree on the number of steps"
     seq = [sid for step in zip(*per_rank) for batch in step for sid in batch]
-    return seq, loaders[0].state_dict()
+    return seq, loaders[0].position()
 
 
 def _take(loader, steps):
@@ -70,7 +72,7 @@ def test_two_ranks_two_workers_disjoint_union_is_the_epoch(dataset):
         batches = list(loader)
         assert all(len(b["images"]) == 4 for b in batches) and [b["step"] for b in batches] == list(range(5))
         per_rank[rank] = [sid for b in batches for sid in b["sample_ids"]]
-        assert loader.state_dict()["dropped_samples"] == N_FIRST - 5 * 8
+        assert loader.position().dropped_samples == N_FIRST - 5 * 8
     a, b = set(per_rank[0]), set(per_rank[1])
     assert len(per_rank[0]) == len(a) == 20 and not a & b
     reference = StreamLoader(dataset, batch_size=2, world_size=1, rank=0, output="ids")
@@ -84,11 +86,11 @@ def test_two_ranks_two_workers_disjoint_union_is_the_epoch(dataset):
 def test_resume_with_another_world_size_continues_the_global_sequence(dataset, before, after):
     uninterrupted, _ = global_sequence(dataset, 1, output="ids")
     head, state = global_sequence(dataset, before, steps=3 if before == 1 else 2, output="ids")
-    assert state["consumed"] == len(head) and state["manifest_version"] == 1
+    assert state.consumed == len(head) and state.manifest_version == 1
     tail, end_state = global_sequence(dataset, after, state=state, output="ids")
     assert head + tail == uninterrupted[: len(head) + len(tail)]
     assert len(tail) == (N_FIRST - len(head)) // (after * 4) * (after * 4)  # remainder dropped, equally
-    assert end_state["epoch"] == 1 and end_state["consumed"] == 0
+    assert end_state.epoch == 1 and end_state.consumed == 0
 
 
 def test_resumed_views_equal_uninterrupted_views(dataset):
@@ -97,7 +99,7 @@ def test_resumed_views_equal_uninterrupted_views(dataset):
     first = StreamLoader(dataset, batch_size=2, view_config=cfg)
     _take(first, 3)
     resumed = StreamLoader(dataset, batch_size=2, view_config=cfg)
-    resumed.load_state_dict(first.state_dict())
+    resumed.seek(position_from_json(position_to_json(first.position())))    # through its JSON form
     rest = _take(resumed, None)
     assert len(rest) == len(full) - 3
     for a, b in zip(full[3:], rest):
@@ -126,16 +128,16 @@ def test_new_version_joins_at_the_next_epoch_boundary(tmp_path):
     add_images(ds, tmp_path / "src1", range(100, 116))
     loader = StreamLoader(ds, batch_size=2, output="ids")
     first = ids_of(loader, steps=2)
-    saved = loader.state_dict()
+    saved = loader.position()
     add_images(ds, tmp_path / "src2", range(200, 208), site="t")  # version 2 lands mid-epoch
     rest = ids_of(loader)
     v1_ids = set(read_manifest(open_store(ds), 1).samples.column("sample_id").to_pylist())
     assert set(first + rest) == v1_ids and len(first + rest) == 16  # epoch 0 stays on version 1
     resumed = StreamLoader(ds, batch_size=2, output="ids")
-    resumed.load_state_dict(saved)
+    resumed.seek(saved)
     assert ids_of(resumed) == rest  # a resumed position is exact for the old version too
     epoch1 = ids_of(loader)
-    assert loader.state_dict()["epoch"] == 2 and len(epoch1) == 24 and set(epoch1) > v1_ids
+    assert loader.position().epoch == 2 and len(epoch1) == 24 and set(epoch1) > v1_ids
     again = ids_of(resumed)
     assert again == epoch1
 
@@ -172,18 +174,45 @@ def test_mixing_weights_set_group_proportions(tmp_path):
 
 
 def test_trainer_seam_from_config_next_batch_crosses_epochs_and_resumes(dataset):
-    """``from_config`` + ``next_batch``: epochs follow each other; a saved position resumes exactly."""
+    """``build_data_source`` (``StreamLoader.from_config``) + ``next_batch``: epochs follow each other; a saved position resumes exactly."""
     from ldisc.config import compose
 
     cfg = compose("pretrain", ["data=shards", f"data.dataset={dataset}", "data.size=16", "data.num_workers=0",
                                "train.batch_size=2", "seed=3"])
-    loader = StreamLoader.from_config(cfg, rank=0, world_size=1)
+    loader = build_data_source(cfg, rank=0, world_size=1)
     per_epoch = loader.steps_remaining()
     first = [loader.next_batch() for _ in range(per_epoch + 2)]
     assert [b["epoch"] for b in first] == [0] * per_epoch + [1, 1]
     assert first[0]["x1_1"].shape == (2, 3, 16, 16)
-    state = loader.state_dict()
+    state = loader.position()
     after = [loader.next_batch()["sample_ids"] for _ in range(3)]
-    resumed = StreamLoader.from_config(cfg, rank=0, world_size=1)
-    resumed.load_state_dict(state)
+    resumed = build_data_source(cfg, rank=0, world_size=1)
+    resumed.seek(state)
     assert [resumed.next_batch()["sample_ids"] for _ in range(3)] == after
+
+
+def test_positions_are_json_with_only_what_seek_reads_and_sources_refuse_a_foreign_one(dataset):
+    """A position is a small JSON object; a source will not continue from another kind of source's, nor
+    from another seed's."""
+    import json
+
+    from ldisc.data.pairs import noise_pairs
+    from ldisc.data.source import PairPosition, StreamPosition
+
+    loader = StreamLoader(dataset, batch_size=2, seed=4, output="ids")
+    ids_of(loader, steps=2)
+    text = position_to_json(loader.position())
+    assert json.loads(text) == {"kind": "stream", "seed": 4, "epoch": 0, "manifest_version": 1, "consumed": 8,
+                                "corrupt_samples": 0, "dropped_samples": 0, "epoch_bad_by_shard": {}}
+    assert position_from_json(text) == StreamPosition(4, 0, 1, 8)
+    pairs = noise_pairs(16, 16, pool=4, batch_size=1)
+    pairs.next_batch()
+    assert position_from_json(position_to_json(pairs.position())) == PairPosition(step=1)
+    with pytest.raises(ValueError, match="pool source cannot continue from a stream position"):
+        pairs.seek(loader.position())
+    with pytest.raises(ValueError, match="shard stream cannot continue from a pairs position"):
+        loader.seek(PairPosition(3))
+    with pytest.raises(ValueError, match="saved with seed 4, loader has 5"):
+        StreamLoader(dataset, batch_size=2, seed=5).seek(loader.position())
+    with pytest.raises(ValueError, match="not a data position"):
+        position_from_json('{"format": "ldisc-stream/1", "epoch": 0}')

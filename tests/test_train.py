@@ -78,7 +78,7 @@ def test_run_writes_checkpoints_logs_and_exports(reference):
     assert [c.name for c in list_checkpoints(run_dir)] == ["step_0000002", "step_0000003", "step_0000004",
                                                            "step_0000005"]
     ck = result.checkpoint
-    for name in ("COMPLETE", "meta.json", "trainer.pt", "rank_00000.pt", "model.pt", "encoder.pt",
+    for name in ("COMPLETE", "meta.json", "trainer.pt", "rank_00000.pt", "data_rank_00000.json", "model.pt", "encoder.pt",
                  "encoder.safetensors", "ds/mp_rank_00_model_states.pt"):
         assert (ck / name).is_file(), name
     losses = result.losses

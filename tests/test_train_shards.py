@@ -34,7 +34,7 @@ def test_shards_stream_and_resume_exactly(tmp_path):
     ref = tmp_path / "ref"
     result = pretrain(_overrides(ref, dataset))
     assert [r["stage"] for r in result.losses] == [1, 1, 1, 1, 2, 2, 2]
-    seen = [k for r in sample_log(ref, 0) for k in r["keys"]]
+    seen = [k for r in sample_log(ref, 0) for k in r["sample_ids"]]
     first_epoch, second_epoch = seen[:N_IMAGES], seen[N_IMAGES:]
     assert len(set(first_epoch)) == N_IMAGES                  # each image once per epoch
     assert len(set(second_epoch)) == len(second_epoch) == 4   # the next epoch has begun

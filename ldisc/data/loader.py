@@ -2,14 +2,14 @@
 
     loader = StreamLoader("s3://bucket/ds", batch_size=4, seed=0, num_workers=2,
                           view_config=ViewConfig(size=448))
-    loader.load_state_dict(ckpt["data"])          # optional: resume exactly
+    loader.seek(saved_position)                   # optional: resume exactly
     for epoch in range(epochs):
         for batch in loader:                      # the (rest of the) current epoch
-            step(batch); ckpt["data"] = loader.state_dict()
+            step(batch); saved_position = loader.position()
 
-The position is ``{epoch, manifest_version, consumed}``: ``consumed`` counts the samples
-of the epoch's global order that all ranks together have taken (a multiple of
-world_size × 2 × batch_size of the run that saved it). Resuming re-splits the rest of the
+The position (:class:`~ldisc.data.source.StreamPosition`) is essentially ``{epoch, manifest_version,
+consumed}``: ``consumed`` counts the samples of the epoch's global order that all ranks together have
+taken (a multiple of world_size × 2 × batch_size of the run that saved it). Resuming re-splits the rest of the
 epoch's global order over the current world size, so the global sample sequence is the
 same whatever the world size. With ``version='latest'`` the newest manifest version is
 looked up at every epoch boundary (rank 0 decides and broadcasts it when
@@ -26,13 +26,15 @@ from typing import Any
 
 import torch
 
+from ldisc.dist import broadcast_object
+
 from . import order as order_mod
 from .manifest import latest_version, read_manifest
 from .samples import SampleTable
+from .source import StreamPosition
 from .store import open_store
 from .stream import EpochPlan, LDStream
 
-STATE_FORMAT = "ldisc-stream/1"
 log = logging.getLogger(__name__)
 
 
@@ -46,17 +48,6 @@ def _dist_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-
-
-def _agree(value: int) -> int:
-    """Rank 0's value on every rank (identity without torch.distributed)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return int(box[0])
-    return value
 
 
 class StreamLoader:
@@ -115,22 +106,19 @@ class StreamLoader:
         self._checked_versions: set[int] = set()
 
     @classmethod
-    def from_config(cls, cfg, rank: int | None = None, world_size: int | None = None,
-                    split: str = "train") -> "StreamLoader":
-        """From a composed ``ldisc-pretrain`` config: ``data`` group (shards.yaml), ``train.batch_size``, ``seed``,
-        ``train.val_fraction`` (``split``: train | val; the validation stream runs in this process)."""
-        from omegaconf import OmegaConf
-
-        from ldisc.views import view_config
-
-        d = cfg.data
-        weights = OmegaConf.to_container(d.weights) if d.get("weights") else None
-        return cls(str(d.dataset), int(cfg.train.batch_size), seed=int(cfg.seed), version=d.get("version", "latest"),
-                   weights=weights, epoch_samples=d.get("epoch_samples"), shuffle_window=int(d.shuffle_window),
-                   num_workers=int(d.num_workers) if split == "train" else 0, world_size=world_size, rank=rank,
-                   view_config=view_config(cfg), prefetch_factor=int(d.prefetch_factor),
-                   endpoint_url=d.get("endpoint_url"), holdout=float(cfg.train.get("val_fraction", 0) or 0),
-                   split=split, max_bad_fraction=d.get("max_bad_fraction", 0.01))
+    def from_config(cls, data, *, batch_size: int, seed: int, view_config: Any, holdout: float = 0.0,
+                    rank: int | None = None, world_size: int | None = None, split: str = "train") -> "StreamLoader":
+        """From the ``data`` group (configs/data/shards.yaml: dataset, version, weights, epoch_samples,
+        shuffle_window, num_workers, prefetch_factor, endpoint_url, max_bad_fraction) and the run's batch
+        size, seed, views and held-out fraction (``split``: train | val; the validation stream runs in this
+        process, without workers)."""
+        weights = {str(k): float(v) for k, v in data.weights.items()} if data.weights else None
+        return cls(str(data.dataset), int(batch_size), seed=int(seed), version=data.version, weights=weights,
+                   epoch_samples=data.epoch_samples, shuffle_window=int(data.shuffle_window),
+                   num_workers=int(data.num_workers) if split == "train" else 0, world_size=world_size, rank=rank,
+                   view_config=view_config, prefetch_factor=int(data.prefetch_factor),
+                   endpoint_url=data.endpoint_url, holdout=float(holdout), split=split,
+                   max_bad_fraction=data.max_bad_fraction)
 
     def next_batch(self) -> dict:
         """The next batch of the endless stream (epochs follow each other); the trainer's interface."""
@@ -149,30 +137,23 @@ class StreamLoader:
         return 2 * self.batch_size
 
     # -- position ---------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        """The data position (tiny, JSON-serialisable)."""
-        return {"format": STATE_FORMAT, "seed": self.seed, "epoch": self.epoch,
-                "manifest_version": self.epoch_version, "consumed": self.consumed,
-                "world_size": self.world_size, "batch_size": self.batch_size,
-                "per_rank_consumed": self.consumed // self.world_size,
-                "corrupt_samples": self.corrupt_samples, "dropped_samples": self.dropped_samples,
-                "epoch_bad_by_shard": dict(self.epoch_bad)}
+    def position(self) -> StreamPosition:
+        """Where this rank is (tiny; JSON in a checkpoint, :mod:`ldisc.data.source`)."""
+        return StreamPosition(self.seed, self.epoch, self.epoch_version, self.consumed, self.corrupt_samples,
+                              self.dropped_samples, dict(self.epoch_bad))
 
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from ``state`` (any world size and batch size; same seed required)."""
-        self._batches = None
-        if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"not a stream position: {state.get('format')!r}")
-        if int(state["seed"]) != self.seed:
-            raise ValueError(f"position was saved with seed {state['seed']}, loader has {self.seed}")
-        self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
-        version = state.get("manifest_version")
-        self.epoch_version = None if version is None else int(version)
-        if self.consumed and self.epoch_version is None:
+    def seek(self, position: StreamPosition) -> None:
+        """Continue from ``position`` (any world size and batch size; same seed required)."""
+        if not isinstance(position, StreamPosition):
+            raise ValueError(f"the shard stream cannot continue from a {position.KIND} position (data.source changed?)")
+        if position.seed != self.seed:
+            raise ValueError(f"position was saved with seed {position.seed}, loader has {self.seed}")
+        if position.consumed and position.manifest_version is None:
             raise ValueError("a mid-epoch position needs its manifest_version")
-        self.corrupt_samples = int(state.get("corrupt_samples", 0))
-        self.dropped_samples = int(state.get("dropped_samples", 0))
-        self.epoch_bad = Counter({str(k): int(v) for k, v in (state.get("epoch_bad_by_shard") or {}).items()})
+        self._batches = None
+        self.epoch, self.consumed, self.epoch_version = position.epoch, position.consumed, position.manifest_version
+        self.corrupt_samples, self.dropped_samples = position.corrupt_samples, position.dropped_samples
+        self.epoch_bad = Counter(position.epoch_bad_by_shard)
 
     # -- planning ---------------------------------------------------------------------
     def _table(self, version: int) -> SampleTable:
@@ -219,7 +200,7 @@ class StreamLoader:
         """The plan of the rest of the current epoch (resolves the version at its start)."""
         if self.epoch_version is None:
             wanted = latest_version(self.store) if self.version == "latest" else int(self.version)
-            self.epoch_version = _agree(wanted)
+            self.epoch_version = int(broadcast_object(wanted))
         if self.epoch_version == 0:
             raise FileNotFoundError(f"dataset {self.dataset} has no committed manifest version (not an ldisc dataset, "
                                     "or nothing ingested yet: see ldisc-shard ingest)")

@@ -3,9 +3,8 @@
 The pool is generated once from ``seed`` (procedural fundus/X-ray images from :mod:`ldisc.synth`, or
 smooth random noise for benchmarks and tests); the pairs of step t on rank r are drawn from a
 generator seeded by (seed, t, r), so a batch is a pure function of the step: the position is
-``{"step": t}`` and resuming is exact. Each batch names its images (``batch["keys"]``) so a run can
-show that it neither repeats nor skips samples. The shard loader (``ldisc.data``) offers the same
-interface: ``next_batch()``, ``state_dict()``, ``load_state_dict()``.
+:class:`~ldisc.data.source.PairPosition` ``(step=t)`` and resuming is exact. A
+:class:`~ldisc.data.source.DataSource`, like the shard stream.
 """
 from __future__ import annotations
 
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ldisc.data.source import SAMPLE_IDS, PairPosition
 from ldisc.views import ViewConfig, make_views_batch, pil_to_tensor
 
 
@@ -68,15 +68,17 @@ class PairSource:
         if len(idx) < 2 * self.batch_size:   # small pool: sample with replacement
             idx = torch.randint(0, len(self.images), (2 * self.batch_size,), generator=gen)
         batch = make_views_batch(self.images[idx[0::2]], self.images[idx[1::2]], self.view_cfg, gen)
-        batch["keys"] = [f"step{self.step}/rank{self.rank}/pool{int(i)}" for i in idx]
+        batch[SAMPLE_IDS] = [f"step{self.step}/rank{self.rank}/pool{int(i)}" for i in idx]
         self.step += 1
         return batch
 
-    def state_dict(self) -> dict:
-        return {"step": self.step}
+    def position(self) -> PairPosition:
+        return PairPosition(self.step)
 
-    def load_state_dict(self, state: dict) -> None:
-        self.step = int(state["step"])
+    def seek(self, position: PairPosition) -> None:
+        if not isinstance(position, PairPosition):
+            raise ValueError(f"a pool source cannot continue from a {position.KIND} position (data.source changed?)")
+        self.step = int(position.step)
 
 
 def synthetic_pairs(modality: str, image_size: int, view_size: int | ViewConfig, pool: int, batch_size: int,

@@ -19,11 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from ldisc.bank import load_bank, save_bank
-from ldisc.bank.checkpoint import shard_path
 from ldisc.bank.build import build_bank, build_key_encoder, feed_bank
 from ldisc.config import to_dataclass
-from ldisc.dist import default_collective
-from ldisc.model import LDNet, build_model, load_stage1, save_encoder
+from ldisc.data.build import build_data_source, build_validation_source
+from ldisc.data.source import SAMPLE_IDS, DataSource, load_position, save_position
+from ldisc.dist import barrier, broadcast_object, default_collective
+from ldisc.model import LDNet, load_stage1, save_encoder
 from ldisc.objectives.diagnostics import cluster_stats
 from ldisc.objectives.objective import LDObjective, ObjectiveConfig
 from ldisc.train import checkpoint as ckpt
@@ -31,12 +32,11 @@ from ldisc.train import faults
 from ldisc.train.ds_config import build_ds_config
 from ldisc.train.engine import Engine
 from ldisc.train.clusters import ClusterProbe
-from ldisc.train.env import DistInfo, barrier, broadcast_object
+from ldisc.train.env import DistInfo
 from ldisc.train.metrics import TrainMetrics
 from ldisc.train.rng import rng_state, set_rng_state
 from ldisc.train.runlog import JsonlLog, plot_losses
 from ldisc.train.shape_prior import ShapePrior
-from ldisc.train.sources import build_data_source, build_validation_source
 from ldisc.views import input_normalization
 
 
@@ -48,10 +48,6 @@ class PretrainResult:
     losses: list[dict] = field(default_factory=list)
 
 
-def _rank_file(rank: int) -> str:
-    return f"rank_{rank:05d}.pt"
-
-
 class Trainer:
     """Runs both stages in one process of a (possibly one-process) DeepSpeed job."""
 
@@ -61,9 +57,9 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.collective = default_collective()
-        self.data = data if data is not None else build_data_source(cfg, info)
-        self.val_data = build_validation_source(cfg, info)       # None unless train.val_fraction > 0
-        self.val_start = self.val_data.state_dict() if self.val_data is not None else None
+        self.data: DataSource = data if data is not None else build_data_source(cfg, info.rank, info.world_size)
+        self.val_data: DataSource | None = build_validation_source(cfg, info.rank, info.world_size)  # None unless train.val_fraction > 0
+        self.val_start = self.val_data.position() if self.val_data is not None else None
         self.bank = build_bank(cfg.bank, self.collective, int(cfg.model.embed_dim), info.device)
         self.key_encoder = None
         m = cfg.metrics
@@ -85,8 +81,12 @@ class Trainer:
 
     # -- construction ---------------------------------------------------------------------------
     def _model(self, stage: int) -> LDNet:
+        """The ``model`` group's network; the input channels come from the data modality, the clustering
+        branch only in stage 2."""
+        m = self.cfg.model
         channels = input_normalization(str(self.cfg.data.get("modality", "fundus")))[0]
-        return build_model(self.cfg.model, channels, int(self.cfg.model.clusters) if stage == 2 else 0)
+        return LDNet(str(m.width), int(m.embed_dim), int(m.clusters) if stage == 2 else 0, in_channels=channels,
+                     decoder=str(m.decoder), init=str(m.init))
 
     def _setup_stage(self, stage: int, init_state: dict | None = None) -> None:
         if self.engine is not None:
@@ -111,21 +111,22 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------------
     def save(self) -> Path:
         """Collective. Files: ``ds/`` (DeepSpeed: weights, optimizer partitions, scheduler),
-        ``trainer.pt`` (step, stage, config, objective and shape-prior state), ``rank_<r>.pt`` (RNG,
-        data position), ``bank/`` (memory-bank shards), ``model.pt`` (full weights),
-        ``encoder.pt`` and ``encoder.safetensors`` (the encoder alone)."""
+        ``trainer.pt`` (step, stage, config, objective and shape-prior state), ``rank_<r>.pt`` (RNG),
+        ``data_rank_<r>.json`` (data position), ``bank/`` (memory-bank shards), ``model.pt`` (full weights),
+        ``encoder.pt`` and ``encoder.safetensors`` (the encoder alone); names: :mod:`ldisc.train.checkpoint`."""
         full = self.engine.full_state_dict()
 
         def write(tmp: Path) -> None:
             self.engine.save(tmp)
-            save_bank(self.bank, tmp / "bank")
-            torch.save({"rng": rng_state(), "data": self.data.state_dict()}, tmp / _rank_file(self.rank))
+            save_bank(self.bank, tmp / ckpt.BANK_DIR)
+            torch.save(rng_state(), tmp / ckpt.rng_file(self.rank))
+            save_position(self.data.position(), tmp / ckpt.position_file(self.rank))
             if self.rank == 0:
                 torch.save({"step": self.step, "stage": self.stage, "world_size": self.info.world_size,
                             "config": OmegaConf.to_yaml(self.cfg), "objective": self.objective.state_dict(),
                             "shape_prior": self.shape_prior.state_dict() if self.shape_prior else None,
                             "key_encoder": self.key_encoder.state_dict() if self.key_encoder else None},
-                           tmp / "trainer.pt")
+                           tmp / ckpt.TRAINER_FILE)
                 self._export(full, tmp)
             faults.maybe_kill_in_save(self.step, self.rank)
 
@@ -138,32 +139,27 @@ class Trainer:
         return path
 
     def _export(self, full: dict, directory: Path) -> None:
-        torch.save(full, directory / "model.pt")
+        torch.save(full, directory / ckpt.MODEL_FILE)
         model = self._model(self.stage)
         model.load_state_dict(full)
-        save_encoder(model, directory / "encoder.pt")
-        try:
-            save_encoder(model, directory / "encoder.safetensors")
-        except ImportError:
-            pass
+        for name in ckpt.ENCODER_FILES:
+            save_encoder(model, directory / name)
 
     def _restore(self, path: Path) -> None:
         """Collective: continue exactly from checkpoint ``path``."""
-        state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
+        state = torch.load(path / ckpt.TRAINER_FILE, map_location="cpu", weights_only=False)
         self._setup_stage(int(state["stage"]))
         self.engine.load(path)
-        self.objective.load_state_dict(state["objective"], strict=False)
-        self.objective.prototypes = state["objective"].get("prototypes", torch.empty(0)).to(self.device)
+        self.objective.load_state_dict(state["objective"])
         if self.shape_prior is not None and state.get("shape_prior"):
             self.shape_prior.load_state_dict(state["shape_prior"])
         if self.key_encoder is not None and state.get("key_encoder"):
             self.key_encoder.load_state_dict(state["key_encoder"])
-        own = path / _rank_file(self.rank)
-        local = torch.load(own if own.exists() else path / _rank_file(0), map_location="cpu", weights_only=False)
-        self.data.load_state_dict(local["data"])
-        if own.exists():
-            set_rng_state(local["rng"])
-        self._restore_bank(path / "bank")
+        own = path / ckpt.position_file(self.rank)     # a new rank of a larger world continues from rank 0's
+        self.data.seek(load_position(own if own.exists() else path / ckpt.position_file(0)))
+        if (path / ckpt.rng_file(self.rank)).exists():
+            set_rng_state(torch.load(path / ckpt.rng_file(self.rank), map_location="cpu", weights_only=False))
+        load_bank(self.bank, path / ckpt.BANK_DIR)
         self.step = int(state["step"])
         if self.rank == 0:
             self.log.truncate(self.step)
@@ -177,24 +173,13 @@ class Trainer:
         self.last_checkpoint = path
         self.metrics.set_checkpoint_step(self.step)
 
-    def _restore_bank(self, directory: Path) -> None:
-        """Same world size and capacity: this rank's shard as saved (same row order, so the bank's NCE
-        sums in the same order: bitwise resume). Otherwise re-shard the saved FIFO."""
-        own = shard_path(directory, self.rank, self.info.world_size)
-        if own.is_file():
-            state = torch.load(own, map_location="cpu", weights_only=True)
-            if (state["capacity"], state["world_size"]) == (self.bank.capacity, self.info.world_size):
-                self.bank.load_state_dict(state)
-                return
-        load_bank(self.bank, directory)
-
     # -- the loop -------------------------------------------------------------------------------
-    def _micro_step(self, terms_sum: dict[str, float], keys: list) -> tuple[int, float]:
+    def _micro_step(self, terms_sum: dict[str, float], sample_ids: list) -> tuple[int, float]:
         """Forward + backward of one micro-batch → (images, seconds waited for data)."""
         t0 = time.perf_counter()
         batch = self.data.next_batch()
         wait = time.perf_counter() - t0
-        keys.extend(batch.pop("keys", None) or batch.pop("sample_ids", None) or [])
+        sample_ids.extend(batch.pop(SAMPLE_IDS))
         bad = batch.pop("bad_shards", None)
         if bad:
             self.metrics.observe_bad_samples(bad)
@@ -236,7 +221,7 @@ class Trainer:
         in eval mode, no bank and no discriminator; the global mean over ranks. None without a split."""
         if self.val_data is None:
             return None
-        self.val_data.load_state_dict(self.val_start)
+        self.val_data.seek(self.val_start)
         prototypes = self.objective.prototypes               # validation must not move the EMA centres
         n, total = int(self.cfg.train.get("val_batches", 2)), 0.0
         self.engine.eval()
@@ -268,10 +253,10 @@ class Trainer:
             faults.maybe_kill_at_step(self.step + 1, self.rank)
             faults.maybe_stop_at_step(self.step + 1, self.rank)
             t0 = time.perf_counter()
-            terms_sum, keys, images, wait = {}, [], 0, 0.0
+            terms_sum, sample_ids, images, wait = {}, [], 0, 0.0
             lr = self.engine.lr            # the rate this step's update uses
             for _ in range(micro):
-                n, w = self._micro_step(terms_sum, keys)
+                n, w = self._micro_step(terms_sum, sample_ids)
                 images, wait = images + n, wait + w
             self.step += 1
             seconds = time.perf_counter() - t0
@@ -292,7 +277,7 @@ class Trainer:
                               cluster_effective_count=round(stats.effective_count, 4))
             self.losses.append(record)
             self.log.append(record)
-            self.samples_log.append({"step": self.step, "keys": keys})
+            self.samples_log.append({"step": self.step, SAMPLE_IDS: sample_ids})
             bar.update(1)
             bar.set_postfix(stage=self.stage, **{k: f"{v:.3f}" for k, v in terms.items() if k != "discriminator"},
                             **({"bad_samples": self.bad_samples} if self.bad_samples else {}))
@@ -336,7 +321,7 @@ class Trainer:
             plot_losses(self.losses, self.run_dir / "loss_curve.png")
         time.sleep(float(self.cfg.metrics.get("linger_s", 0)))
         self.metrics.close()
-        enc = self.last_checkpoint / "encoder.pt" if self.last_checkpoint else None
+        enc = self.last_checkpoint / ckpt.ENCODER_FILE if self.last_checkpoint else None
         return PretrainResult(self.run_dir, enc, self.last_checkpoint, self.losses)
 
     def _stage_steps(self) -> tuple[int, int]:
@@ -355,7 +340,7 @@ class Trainer:
                 path = ckpt.resolve_checkpoint_spec(init_from)
             except FileNotFoundError as err:
                 raise FileNotFoundError(f"train.init_from={init_from}: {err}") from err
-            if not (path / "model.pt").is_file():
-                raise FileNotFoundError(f"train.init_from={init_from}: no model.pt (not an ldisc checkpoint)")
-            return torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+            if not (path / ckpt.MODEL_FILE).is_file():
+                raise FileNotFoundError(f"train.init_from={init_from}: no {ckpt.MODEL_FILE} (not an ldisc checkpoint)")
+            return torch.load(path / ckpt.MODEL_FILE, map_location="cpu", weights_only=True)
         return self.engine.full_state_dict() if self.engine is not None else None

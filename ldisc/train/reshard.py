@@ -21,9 +21,10 @@ import time
 from argparse import Namespace
 from pathlib import Path
 
+from ldisc.dist import broadcast_object
 from ldisc.train.checkpoint import _fsync_dir_files as fsync_files
 from ldisc.train.checkpoint_integrity import DERIVED_DIRS
-from ldisc.train.env import DistInfo, broadcast_object
+from ldisc.train.env import DistInfo
 
 UNIVERSAL, TMP_UNIVERSAL = DERIVED_DIRS       # written after the checksum manifest; not part of it
 

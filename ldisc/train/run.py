@@ -5,7 +5,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ldisc.config import compose
-from ldisc.train.env import broadcast_object, init_distributed, shutdown, single_process_env
+from ldisc.dist import broadcast_object
+from ldisc.train.env import init_distributed, shutdown, single_process_env
 from ldisc.train.loop import PretrainResult, Trainer
 from ldisc.train.validate import check_pretrain_config
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from PIL import Image
 
+from ldisc.dist import average_over_ranks_
 from ldisc.model import ShapeDiscriminator
 from ldisc.objectives.region import adversarial_discriminator_loss
 
@@ -100,12 +100,7 @@ class ShapePrior:
         loss = adversarial_discriminator_loss(self.discriminator(self._real_batch(len(fake), step, rank)),
                                               self.discriminator(fake))
         loss.backward()
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            world = dist.get_world_size()
-            for p in self.discriminator.parameters():
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad.div_(world)
+        average_over_ranks_(p.grad for p in self.discriminator.parameters())
         self.optimizer.step()
         self.scheduler.step()
         return float(loss.detach())

@@ -1,28 +1,28 @@
 """Batch norm over the global batch on any device: ``torch.nn.SyncBatchNorm`` refuses CPU tensors.
 
-:class:`GlobalBatchNorm2d` all-reduces per-channel (count, Σx, Σx²) with a differentiable
-all-reduce, so W ranks × batch B normalise exactly as 1 rank × W·B (up to float summation order).
+:class:`GlobalBatchNorm2d` all-reduces per-channel (count, Σx, Σx²) with a differentiable all-reduce
+(:func:`ldisc.dist.all_reduce_sum`), so W ranks × batch B normalise exactly as 1 rank × W·B (up to float
+summation order).
 :func:`convert_sync_batchnorm` uses torch's SyncBatchNorm on CUDA and this one elsewhere.
 """
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
+
+from ldisc.dist import all_reduce_sum, multi_process
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics span every rank of the default process group."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+        if not (self.training and multi_process()):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         xf = x.float()
         n_local = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float32)
         stats = torch.cat([n_local, xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3))])
-        stats = all_reduce(stats)
+        stats = all_reduce_sum(stats)
         c = x.shape[1]
         n, s, ss = stats[0], stats[1:1 + c], stats[1 + c:]
         mean = s / n
