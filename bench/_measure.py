@@ -7,7 +7,7 @@ import resource
 import subprocess
 import sys
 
-from launcher.local import CPU_MALLOC_ENV as MALLOC_KEEP  # noqa: F401  (re-exported for the benches)
+from ldisc.train.env import CPU_MALLOC_ENV as MALLOC_KEEP  # noqa: F401  (re-exported for the benches)
 from ldisc.train.metrics import current_rss_bytes as rss_bytes  # noqa: F401  (re-exported)
 
 

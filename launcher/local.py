@@ -15,7 +15,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from ldisc.train.env import is_loopback
+from ldisc.train.env import CPU_MALLOC_ENV, is_loopback
 
 
 @dataclass
@@ -45,12 +45,6 @@ def torchrun_command(spec: TorchrunSpec, overrides: list[str], python: str = sys
             "--nproc-per-node", str(spec.nproc), "--max-restarts", str(spec.max_restarts),
             "--rdzv-backend", "c10d", "--rdzv-endpoint", spec.rdzv_endpoint, "--rdzv-id", spec.rdzv_id,
             "-m", spec.module, *overrides]
-
-
-# glibc: keep freed large blocks instead of unmapping them. Read only at process start (mallopt later
-# has no effect); 2.5-2.7x faster stage-2 steps at 448 px on CPU for ~45% more peak RSS (bench/step.py).
-CPU_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD_": str(1 << 34),
-                  "MALLOC_TOP_PAD_": str(1 << 30)}
 
 
 def launch_env(threads: int | None = None) -> dict[str, str]:

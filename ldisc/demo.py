@@ -25,7 +25,7 @@ from pathlib import Path
 def _run(title: str, args: list[str], env: dict | None = None) -> None:
     print(f"\n=== {title}\n$ {' '.join(args)}", flush=True)
     started = time.perf_counter()
-    from launcher.local import CPU_MALLOC_ENV
+    from ldisc.train.env import CPU_MALLOC_ENV
 
     proc = subprocess.run([sys.executable, "-m", *args], env={**CPU_MALLOC_ENV, **os.environ, **(env or {})})
     if proc.returncode != 0:

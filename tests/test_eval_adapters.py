@@ -11,10 +11,27 @@ from PIL import Image
 
 from ldisc.eval import get_task, load_task_data
 from ldisc.eval.adapters_xray import is_siim_test
-from ldisc.eval.dataio import read_jsrt, rle_decode, rle_encode
+from ldisc.eval.dataio import read_jsrt, rle_decode
 from ldisc.eval.taskdata import ADAPTERS
 
 RNG = np.random.default_rng(0)
+
+
+def rle_encode(mask: np.ndarray, relative: bool) -> str:
+    """Inverse of :func:`ldisc.eval.dataio.rle_decode`: writes the fixtures and checks round trips."""
+    flat = np.asarray(mask, dtype=bool).T.reshape(-1)
+    padded = np.concatenate([[False], flat, [False]])
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    starts, ends = edges[0::2], edges[1::2]
+    if starts.size == 0:
+        return "-1"
+    lengths = ends - starts
+    if relative:
+        prev_end = np.concatenate([[0], ends[:-1]])
+        starts = starts - prev_end
+    else:
+        starts = starts + 1
+    return " ".join(f"{s} {n}" for s, n in zip(starts, lengths))
 
 
 def _mask(h: int, w: int, seed: int) -> np.ndarray:

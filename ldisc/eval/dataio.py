@@ -95,23 +95,6 @@ def rle_decode(rle: str, height: int, width: int, relative: bool) -> np.ndarray:
     return flat.reshape(width, height).T
 
 
-def rle_encode(mask: np.ndarray, relative: bool) -> str:
-    """Inverse of :func:`rle_decode` (used to write test fixtures and to check round trips)."""
-    flat = np.asarray(mask, dtype=bool).T.reshape(-1)
-    padded = np.concatenate([[False], flat, [False]])
-    edges = np.flatnonzero(padded[1:] != padded[:-1])
-    starts, ends = edges[0::2], edges[1::2]
-    if starts.size == 0:
-        return "-1"
-    lengths = ends - starts
-    if relative:
-        prev_end = np.concatenate([[0], ends[:-1]])
-        starts = starts - prev_end
-    else:
-        starts = starts + 1
-    return " ".join(f"{s} {n}" for s, n in zip(starts, lengths))
-
-
 def read_jsrt(path: str | Path, side: int = JSRT_SIDE, invert: bool = True) -> np.ndarray:
     """A JSRT ``.IMG`` file (headerless big-endian 16-bit, 12 bits used, ``side``²) → uint8 (H, W).
 

@@ -38,14 +38,6 @@ class LDNet(nn.Module):
         return LDOutput(self.embed(h), self.cluster(h) if self.cluster is not None else None)
 
 
-def build_model(cfg, in_channels: int = 3, clusters: int | None = None) -> LDNet:
-    """From the ``model`` config group (width, embed_dim, clusters, decoder, init); ``in_channels`` comes
-    from the data modality (:func:`ldisc.views.input_normalization`)."""
-    return LDNet(width=cfg.width, embed_dim=cfg.embed_dim, clusters=int(cfg.clusters if clusters is None else clusters),
-                 in_channels=in_channels, decoder=str(cfg.get("decoder", "authors")),
-                 init=str(cfg.get("init", "kaiming")))
-
-
 def load_stage1(model: LDNet, state: dict[str, torch.Tensor]) -> list[str]:
     """Load stage-1 weights by parameter name; the clustering branch starts fresh.
 

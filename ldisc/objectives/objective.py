@@ -14,7 +14,7 @@ authors') or e ≈ 2.718 (nats).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +65,6 @@ class StepLosses:
     terms: dict[str, torch.Tensor]
     patch_vectors: torch.Tensor            # this rank's L_pd query vectors, detached (for a bank)
     masks: torch.Tensor | None = None      # cluster masks of all views (for a discriminator step)
-    extras: dict = field(default_factory=dict)
 
 
 def _nce_over_ranks(local: torch.Tensor, collective: Collective, cfg: ObjectiveConfig,
