@@ -85,7 +85,9 @@ def _stage1(args, out: Path) -> dict[str, Path]:
     _wait_all(args.jobs, queue)
     if args.init_from:
         return dict(zip(args.modalities, [Path(p) for p in args.init_from]))
-    return {m: out / f"stage1_{m}" / "checkpoints" / f"step_{args.stage1_steps:07d}" for m in args.modalities}
+    from ldisc.train.checkpoint import checkpoint_root, step_dir_name
+
+    return {m: checkpoint_root(out / f"stage1_{m}") / step_dir_name(args.stage1_steps) for m in args.modalities}
 
 
 def _result(run_dir: Path, seconds: float | None) -> dict:

@@ -158,7 +158,7 @@ class Trainer:
         own = path / ckpt.position_file(self.rank)     # a new rank of a larger world continues from rank 0's
         self.data.seek(load_position(own if own.exists() else path / ckpt.position_file(0)))
         if (path / ckpt.rng_file(self.rank)).exists():
-            set_rng_state(torch.load(path / ckpt.rng_file(self.rank), map_location="cpu", weights_only=False))
+            set_rng_state(torch.load(path / ckpt.rng_file(self.rank), map_location="cpu", weights_only=True))
         load_bank(self.bank, path / ckpt.BANK_DIR)
         self.step = int(state["step"])
         if self.rank == 0:

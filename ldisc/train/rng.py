@@ -14,7 +14,10 @@ def _accelerator():
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Tensors, strings and numbers only: a checkpoint loads it with ``torch.load(weights_only=True)``."""
+    numpy = np.random.get_state(legacy=False)
+    numpy["state"] = {"key": torch.from_numpy(numpy["state"]["key"].astype(np.int64)), "pos": numpy["state"]["pos"]}
+    state = {"python": random.getstate(), "numpy": numpy, "torch": torch.get_rng_state()}
     acc = _accelerator()
     if acc is not None:
         state["accelerator"] = acc.get_rng_state()
@@ -23,7 +26,9 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy = dict(state["numpy"])
+    numpy["state"] = {"key": state["numpy"]["state"]["key"].numpy().astype(np.uint32), "pos": numpy["state"]["pos"]}
+    np.random.set_state(numpy)
     torch.set_rng_state(state["torch"])
     acc = _accelerator()
     if acc is not None and "accelerator" in state:
