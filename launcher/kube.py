@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from launcher.jobstatus import JobStatus, overall_phase, pod_info, workload_status
-
-INSTANCE_LABEL = "app.kubernetes.io/instance"
+from launcher.k8s.common import INSTANCE_LABEL, TRAINJOB_POD_LABEL
 
 
 @dataclass(frozen=True)
@@ -206,9 +205,19 @@ def apply_objects(objects: list[dict], namespace: str, kubeconfig: str | None = 
     return lines
 
 
-def _owned(api: _Api, name: str, namespace: str, kinds) -> list[tuple[Kind, dict]]:
-    selector = f"{INSTANCE_LABEL}={name}"
+def _owned(api: _Api, name: str, namespace: str, kinds, label: str = INSTANCE_LABEL) -> list[tuple[Kind, dict]]:
+    selector = f"{label}={name}"
     return [(k, o) for k in kinds for o in api.call(f"list {k.plural}", api.list, k, namespace, selector)]
+
+
+def _pods(api: _Api, name: str, namespace: str) -> list[dict]:
+    """The launch's pods by name: labelled with its instance (Job, PyTorchJob, RayJob), or made by the
+    JobSet of a TrainJob of that name (the trainer does not copy the TrainJob's labels onto pods)."""
+    found = {}
+    for label in (INSTANCE_LABEL, TRAINJOB_POD_LABEL):
+        for _, pod in _owned(api, name, namespace, [KINDS["Pod"]], label):
+            found[pod["metadata"]["name"]] = pod
+    return [found[k] for k in sorted(found)]
 
 
 def delete_job(name: str, namespace: str, kubeconfig: str | None = None) -> list[str]:
@@ -261,11 +270,10 @@ def job_status(name: str, namespace: str, kubeconfig: str | None = None) -> JobS
     """Conditions of the job's workload objects, its pods' phases and restarts, the newest checkpoint."""
     api = _Api(kubeconfig)
     found = _owned(api, name, namespace, [k for k in KINDS.values() if k.workload])
-    pods = _owned(api, name, namespace, [KINDS["Pod"]])
-    if not found and not pods:
+    pod_dicts = _pods(api, name, namespace)
+    if not found and not pod_dicts:
         raise KubeError(f"no job labelled {INSTANCE_LABEL}={name} in namespace {namespace}")
     workloads = [workload_status(k.kind, o) for k, o in found]
-    pod_dicts = sorted((o for _, o in pods), key=lambda o: o["metadata"]["name"])
     infos = [pod_info(p) for p in pod_dicts]
     step, source = _checkpoint_step(api, pod_dicts, namespace)
     return JobStatus(name, namespace, overall_phase(workloads, infos), workloads, infos, step, source)
@@ -300,9 +308,9 @@ def job_logs(name: str, namespace: str, kubeconfig: str | None = None, tail_line
     """Log lines of every pod of the job, each prefixed ``[pod]`` (``[pod/container]`` for several
     containers). Without ``follow`` pod after pod; with ``follow`` interleaved as they arrive."""
     api = _Api(kubeconfig)
-    pods = sorted((o for _, o in _owned(api, name, namespace, [KINDS["Pod"]])), key=lambda o: o["metadata"]["name"])
+    pods = _pods(api, name, namespace)
     if not pods:
-        raise KubeError(f"no pods labelled {INSTANCE_LABEL}={name} in namespace {namespace}")
+        raise KubeError(f"no pods labelled {INSTANCE_LABEL}={name} or {TRAINJOB_POD_LABEL}={name} in {namespace}")
     if not follow:
         for pod in pods:
             yield from _pod_log_lines(api, pod, namespace, tail_lines, False)

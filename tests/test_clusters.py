@@ -106,7 +106,8 @@ def test_stage2_run_logs_exports_and_draws_clusters(tmp_path):
     lines = cluster_section({"run/step_3": str(ckpt), "random": "random"}, tmp_path)
     row = next(x for x in lines if x.startswith("| run/step_3 | 3 |"))
     assert f"{records[-1]['crispness']:.3f}" in row and "vessel" in row
-    assert "![clusters of run/step_3](run/clusters/step_0000003.png)" in lines
+    assert "![clusters of run/step_3](clusters/run_step_3.png)" in lines, "a copy inside the report folder"
+    assert (tmp_path / "clusters" / "run_step_3.png").read_bytes() == (run / "clusters" / "step_0000003.png").read_bytes()
 
 
 def test_crisp_preset_is_the_authors_objective_plus_the_named_options():

@@ -236,3 +236,18 @@ def _closed_kubeconfig(kube: FakeKube, port: int) -> str:
     path = Path(kube.kubeconfig).with_name("closed.kubeconfig")
     path.write_text(Path(kube.kubeconfig).read_text().replace(kube.url, f"http://127.0.0.1:{port}"))
     return str(path)
+
+
+def test_trainjob_pods_found_through_their_jobset_label(kube):
+    """The trainer's JobSet makes a TrainJob's pods from the runtime's template, with the JobSet's label only:
+    status and logs still find them."""
+    ns, name = "team-t", "ldisc-tj"
+    lines = apply_objects(_objects(name, "launch.k8s.kind=trainjob"), ns, kube.kubeconfig)
+    assert f"TrainJob/{name} created" in lines
+    for i in range(2):
+        kube.add_pod(f"{name}-node-0-{i}-x", ns, {"jobset.sigs.k8s.io/jobset-name": name}, "Running", i,
+                     metrics_port=9400, log=f"rank {i} up\n")
+    st = job_status(name, ns, kube.kubeconfig)
+    assert [(p.name, p.restarts) for p in st.pods] == [(f"{name}-node-0-0-x", 0), (f"{name}-node-0-1-x", 1)]
+    assert list(job_logs(name, ns, kube.kubeconfig)) == [f"[{name}-node-0-0-x] rank 0 up",
+                                                          f"[{name}-node-0-1-x] rank 1 up"]

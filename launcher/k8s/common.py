@@ -11,6 +11,10 @@ APP = "ldisc"
 # for the index and the Job controller's suffixes inside the 63-character label/hostname limit.
 MAX_NAME = 40
 CONFIG_MOUNT = "/etc/ldisc"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+# A TrainJob's pods are made by the trainer's JobSet, named after the TrainJob, from the runtime's template:
+# they carry the JobSet's label, not the TrainJob's (spec.labels reach the JobSet and Jobs only).
+TRAINJOB_POD_LABEL = "jobset.sigs.k8s.io/jobset-name"
 
 
 def job_name(entry: str, name: str | None = None, now: float | None = None) -> str:
@@ -24,14 +28,14 @@ def job_name(entry: str, name: str | None = None, now: float | None = None) -> s
 
 def labels(name: str, component: str) -> dict[str, str]:
     """The ``app.kubernetes.io/*`` labels of every object and pod of a launch (``instance`` = job name)."""
-    return {"app.kubernetes.io/name": APP, "app.kubernetes.io/instance": name,
+    return {"app.kubernetes.io/name": APP, INSTANCE_LABEL: name,
             "app.kubernetes.io/component": component, "app.kubernetes.io/part-of": APP,
             "app.kubernetes.io/managed-by": "ldisc-launch"}
 
 
 def selector(name: str, component: str) -> dict[str, str]:
     """The labels that pick exactly this launch's pods."""
-    return {"app.kubernetes.io/instance": name, "app.kubernetes.io/component": component}
+    return {INSTANCE_LABEL: name, "app.kubernetes.io/component": component}
 
 
 def meta(name: str, namespace: str | None, component: str, instance: str | None = None) -> dict:

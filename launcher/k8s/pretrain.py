@@ -14,7 +14,7 @@ from __future__ import annotations
 from launcher.local import TorchrunSpec, torchrun_command
 
 from . import pod
-from .common import labels, meta, pod_monitor, selector
+from .common import TRAINJOB_POD_LABEL, labels, meta, pod_monitor, selector
 
 COMPONENT = "pretrain"
 RUNTIME_JOB = "node"          # the replicated job (and container) name Kubeflow Trainer's torch plugin fills in
@@ -147,6 +147,6 @@ def render(name: str, namespace: str, launch: dict, overrides: list[str], config
     if kind == "trainjob":
         objects.insert(0, cluster_training_runtime(launch))
     if launch["k8s"].get("pod_monitor"):
-        pods = ({"jobset.sigs.k8s.io/jobset-name": name} if kind == "trainjob" else selector(name, COMPONENT))
+        pods = ({TRAINJOB_POD_LABEL: name} if kind == "trainjob" else selector(name, COMPONENT))
         objects.append(pod_monitor(name, namespace, COMPONENT, pods, [p for p, _ in metrics_ports(launch)]))
     return objects

@@ -27,7 +27,7 @@ import torch
 from ldisc.apps.landmarks import LocalizeConfig, Localizer, ncc_localize
 from ldisc.apps.model_io import load_ld_model, random_ld_model, recalibrate_bn, to_input
 from ldisc.apps.segment import frangi_otsu, segment
-from ldisc.eval.runs import RunSpec, _now, base_row, versions
+from ldisc.eval.runs import RunSpec, _now, base_row, protocol_columns, versions
 from ldisc.eval.scores import dice_per_image, iou_per_image, landmark_scores
 from ldisc.eval.synthetic import SEEDS_PER_TWIN, TEST_OFFSET, SEED_BASE
 from ldisc.eval.tasks import APP_TASKS, Task, get_task
@@ -106,4 +106,5 @@ def execute_app_run(spec: RunSpec) -> tuple[dict, list[dict]]:
         "status": "ok", "n_val": 0, "n_skipped": 0, "input_size": size, "wall_s": time.perf_counter() - t0,
         "host": socket.gethostname(), "pid": os.getpid(), "device": "cpu",
         "versions": json.dumps(versions(), sort_keys=True), "started_at": started, "finished_at": _now(), "error": None}
+    row |= protocol_columns(method=spec.protocol, input_size=size)
     return row, overlays

@@ -80,7 +80,7 @@ class _Recorder:
         self.store, self.monitor, self.summary, self.retries = store, monitor, summary, retries
 
     def success(self, spec: RunSpec, attempt: int, row: dict, overlays: list[dict]) -> None:
-        save_overlays(self.store.dir / "overlays" / spec.run_id, overlays)
+        save_overlays(self.store.dir / "overlays" / spec.run_id, overlays, row.get("threshold") or 0.5)
         self.store.write(row | {"attempt": attempt})
         self.summary.done += 1
         self.monitor.finished(True, row["wall_s"])

@@ -1,34 +1,41 @@
 """The report: tasks × (checkpoint, protocol) Dice table, differences to random init, wins, charts, overlays.
 
-``write_report(results_dir)`` reads ``results.parquet`` (rows with status ``ok``) and writes into
-``<results_dir>/report/``: ``report.md``, ``report.html``, ``dice.png`` (grouped bars, mean ± std over
-seeds) and, when checkpoints carry training steps, ``curve.png`` (test Dice vs. pretraining step).
-Cells are mean ± sample standard deviation over seeds; Δ is the difference of means to the baseline
-(random init) under the same protocol; a task's winner is the checkpoint with the highest mean.
+``write_report(results_dir)`` reads ``results.parquet`` (rows with status ``ok``) and writes
+``<results_dir>/report/``, a folder that can be mailed or archived on its own:
+
+- ``report.md``: the Markdown; every picture it shows is a file inside ``report/``;
+- ``report.html``: ONE self-contained file, rendered from the same Markdown, every picture embedded;
+- ``dice.png`` (grouped bars, mean ± std over seeds), ``curve.png`` (test Dice vs. pretraining step,
+  when checkpoints carry steps) and ``overlays/<run>/…`` (copies of the overlays shown).
+
+Cells are the mean over seeds, ± the sample standard deviation when there are two or more seeds; Δ is
+the difference of means to the baseline (random init) under the same protocol. A task's winner is the
+checkpoint with the highest mean at the shown precision (3 decimals); equal best means are a tie,
+counted as a tie and not as a win. A second table gives the spread over test images (median [IQR]).
 """
 from __future__ import annotations
 
-import html
-import os
+import json
+import shutil
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ldisc.eval.store import ResultsStore  # noqa: E402
-from ldisc.train.clusters import cluster_section  # noqa: E402
+from ldisc.eval.report_charts import bar_chart, curve_chart
+from ldisc.eval.report_html import markdown_to_html
+from ldisc.eval.store import RESULTS_FILE, ResultsStore
+from ldisc.train.clusters import cluster_section
 
 Method = tuple[str, str]  # (checkpoint label, protocol)
+DECIMALS = 3              # the table's precision; means equal at this precision are a tie
 
 
 @dataclass
 class Cell:
-    values: list[float]
+    values: list[float]                                  # one score per seed
+    images: list[float] = field(default_factory=list)    # per-image Dice, every seed's test images
 
     @property
     def mean(self) -> float:
@@ -38,6 +45,19 @@ class Cell:
     def std(self) -> float:
         return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else 0.0
 
+    def text(self, decimals: int = DECIMALS) -> str:
+        """``mean ± std`` over seeds; just the mean with one seed (a spread of one value is not zero)."""
+        if len(self.values) == 1:
+            return f"{self.mean:.{decimals}f}"
+        return f"{self.mean:.{decimals}f} ± {self.std:.{decimals}f}"
+
+    def spread(self) -> str:
+        """Per-image Dice: median [first–third quartile] and the number of images."""
+        if not self.images:
+            return "—"
+        q1, med, q3 = np.percentile(self.images, [25, 50, 75])
+        return f"{med:.2f} [{q1:.2f}–{q3:.2f}] n={len(self.images)}"
+
 
 @dataclass
 class Summary:
@@ -45,10 +65,30 @@ class Summary:
     methods: list[Method]
     cells: dict[tuple[str, Method], Cell]
     baseline: str
-    wins: dict[str, dict[str, list[str]]]  # protocol → checkpoint → tasks won
-    steps: dict[str, int]                  # checkpoint label → step, where known
+    best: dict[tuple[str, str], list[str]]        # (protocol, task) → checkpoints with the best mean (ties: several)
+    steps: dict[str, int]                         # checkpoint label → step, where known
     overlays: dict[tuple[str, Method], list[Path]]
     n_failed: int
+    rows: list[dict] = field(default_factory=list)  # the ok rows (provenance)
+
+    def rounded(self, task: str, m: Method) -> float:
+        return round(self.cells[(task, m)].mean, DECIMALS)
+
+    def wins(self) -> dict[str, dict[str, list[str]]]:
+        """protocol → checkpoint → tasks it won outright (ties excluded)."""
+        out: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+        for (proto, task), winners in self.best.items():
+            if len(winners) == 1:
+                out[proto][winners[0]].append(task)
+        return {p: dict(w) for p, w in out.items()}
+
+    def ties(self) -> dict[str, list[str]]:
+        """protocol → tasks whose best mean is shared by two or more checkpoints."""
+        out: dict[str, list[str]] = defaultdict(list)
+        for (proto, task), winners in sorted(self.best.items()):
+            if len(winners) > 1:
+                out[proto].append(task)
+        return dict(out)
 
 
 def _method_order(methods: set[Method], baseline: str, steps: dict[str, int]) -> list[Method]:
@@ -65,33 +105,37 @@ def summarise(results_dir: str | Path, baseline: str = "random", overlays_per_ta
     first_run: dict[tuple[str, Method], tuple[int, str]] = {}
     for r in ok:
         key = (r["task"], (r["checkpoint"], r["protocol"]))
-        cells.setdefault(key, Cell([])).values.append(r["dice_mean"])
+        cell = cells.setdefault(key, Cell([]))
+        cell.values.append(r["dice_mean"])
+        cell.images.extend(r["dice_per_image"] or [])
         if r["checkpoint_step"] is not None:
             steps[r["checkpoint"]] = int(r["checkpoint_step"])
         first_run[key] = min(first_run.get(key, (r["seed"], r["run_id"])), (r["seed"], r["run_id"]))
     tasks = sorted({t for t, _ in cells})
     methods = _method_order({m for _, m in cells}, baseline, steps)
-    wins: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    best: dict[tuple[str, str], list[str]] = {}
     for proto in sorted({m[1] for m in methods}):
         for task in tasks:
-            scored = [(cells[(task, m)].mean, m[0]) for m in methods if m[1] == proto and (task, m) in cells]
+            scored = {m[0]: round(cells[(task, m)].mean, DECIMALS) for m in methods
+                      if m[1] == proto and (task, m) in cells}
             if len(scored) > 1:
-                wins[proto][max(scored)[1]].append(task)
+                top = max(scored.values())
+                best[(proto, task)] = sorted(ck for ck, v in scored.items() if v == top)
     overlays = {key: sorted((store.dir / "overlays" / run_id).glob("*.png"))[:overlays_per_task]
                 for key, (_, run_id) in first_run.items()}
-    return Summary(tasks, methods, cells, baseline, {p: dict(w) for p, w in wins.items()}, steps, overlays,
-                   sum(r["status"] == "failed" for r in rows))
+    return Summary(tasks, methods, cells, baseline, best, steps, overlays,
+                   sum(r["status"] == "failed" for r in rows), [r for r in rows if r["status"] == "ok"])
 
 
 def _cell_text(s: Summary, task: str, m: Method) -> str:
     cell = s.cells.get((task, m))
     if cell is None:
         return "—"
-    text = f"{cell.mean:.3f} ± {cell.std:.3f}"
+    text = cell.text()
     base = s.cells.get((task, (s.baseline, m[1])))
     if base is not None and m[0] != s.baseline:
-        text += f" ({cell.mean - base.mean:+.3f})"
-    return text
+        text += f" ({round(cell.mean - base.mean, DECIMALS) + 0.0:+.{DECIMALS}f})"   # + 0.0: no "-0.000"
+    return f"**{text}**" if m[0] in s.best.get((m[1], task), ()) else text
 
 
 def _header(m: Method) -> str:
@@ -99,33 +143,49 @@ def _header(m: Method) -> str:
 
 
 def win_lines(s: Summary) -> list[str]:
-    """The paper's "wins n of N" view, one line per protocol."""
-    lines = []
-    for proto, by_ckpt in sorted(s.wins.items()):
-        n = sum(len(v) for v in by_ckpt.values())
-        parts = [f"{ck} wins {len(t)} of {n}" for ck, t in sorted(by_ckpt.items(), key=lambda kv: -len(kv[1]))]
+    """The paper's "wins n of N" view, one line per protocol; ties are named, not counted as wins."""
+    lines, wins, ties = [], s.wins(), s.ties()
+    for proto in sorted({p for p, _ in s.best}):
+        n = sum(1 for p, _ in s.best if p == proto)
+        by_ckpt = wins.get(proto, {})
+        ckpts = sorted({m[0] for m in s.methods if m[1] == proto}, key=lambda ck: (-len(by_ckpt.get(ck, [])), ck))
+        parts = [f"{ck} wins {len(by_ckpt.get(ck, []))} of {n}" for ck in ckpts]
+        if ties.get(proto):
+            parts.append(f"{len(ties[proto])} tie(s): {', '.join(ties[proto])}")
         lines.append(f"{proto}: " + "; ".join(parts))
     return lines
 
 
-def markdown_table(s: Summary) -> str:
-    """Tasks × (checkpoint · protocol), test Dice mean ± std over seeds (Δ to the baseline)."""
+def baseline_lines(s: Summary) -> list[str]:
+    """Each checkpoint against the baseline under the same protocol: better / worse / tied task counts."""
+    lines = []
+    for ck, proto in s.methods:
+        if ck == s.baseline:
+            continue
+        pairs = [(s.rounded(t, (ck, proto)), s.rounded(t, (s.baseline, proto))) for t in s.tasks
+                 if (t, (ck, proto)) in s.cells and (t, (s.baseline, proto)) in s.cells]
+        if pairs:
+            better, worse = sum(a > b for a, b in pairs), sum(a < b for a, b in pairs)
+            lines.append(f"{proto}: {ck} vs {s.baseline}: better on {better}, worse on {worse}, "
+                         f"tied on {len(pairs) - better - worse} of {len(pairs)} tasks")
+    return lines
+
+
+def _table(s: Summary, cell) -> str:
     head = "| task | " + " | ".join(_header(m) for m in s.methods) + " |"
     rule = "|---|" + "---|" * len(s.methods)
-    body = []
-    for task in s.tasks:
-        best = {}
-        for m in s.methods:
-            if (task, m) in s.cells:
-                best[m[1]] = max(best.get(m[1], -1.0), s.cells[(task, m)].mean)
-        cells = []
-        for m in s.methods:
-            text = _cell_text(s, task, m)
-            rivals = sum(1 for other in s.methods if other[1] == m[1] and (task, other) in s.cells)
-            won = (task, m) in s.cells and s.cells[(task, m)].mean == best[m[1]] and rivals > 1
-            cells.append(f"**{text}**" if won else text)
-        body.append(f"| {task} | " + " | ".join(cells) + " |")
+    body = [f"| {task} | " + " | ".join(cell(task, m) for m in s.methods) + " |" for task in s.tasks]
     return "\n".join([head, rule, *body])
+
+
+def markdown_table(s: Summary) -> str:
+    """Tasks × (checkpoint · protocol): test Dice, mean (± std over seeds) (Δ to the baseline); best in bold."""
+    return _table(s, lambda task, m: _cell_text(s, task, m))
+
+
+def spread_table(s: Summary) -> str:
+    """Tasks × (checkpoint · protocol): per-image test Dice, median [IQR] over every seed's test images."""
+    return _table(s, lambda task, m: s.cells[(task, m)].spread() if (task, m) in s.cells else "—")
 
 
 LANDMARK_COLUMNS = (("mre_px", "MRE px"), ("mre_pct", "MRE % width"), ("sr_2pct", "SR 2%"), ("sr_4pct", "SR 4%"),
@@ -133,7 +193,7 @@ LANDMARK_COLUMNS = (("mre_px", "MRE px"), ("mre_pct", "MRE % width"), ("sr_2pct"
 
 
 def landmark_table(results_dir: str | Path) -> str:
-    """Landmark tasks: one line per (task, checkpoint, method), scores as mean ± std over seeds ("" if none)."""
+    """Landmark tasks: one line per (task, checkpoint, method), scores as mean (± std over seeds) ("" if none)."""
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for r in ResultsStore(results_dir).rows("ok"):
         if r.get("mre_px") is not None:
@@ -143,62 +203,65 @@ def landmark_table(results_dir: str | Path) -> str:
     lines = ["| landmark task | checkpoint | method | " + " | ".join(h for _, h in LANDMARK_COLUMNS) + " |",
              "|---|---|---|" + "---|" * len(LANDMARK_COLUMNS)]
     for (task, ck, method), rs in sorted(groups.items()):
-        cells = [Cell([float(r[k]) for r in rs]) for k, _ in LANDMARK_COLUMNS]
-        lines.append(f"| {task} | {ck} | {method} | " + " | ".join(f"{c.mean:.2f} ± {c.std:.2f}" for c in cells) + " |")
+        cells = [Cell([float(r[k]) for r in rs]).text(2) for k, _ in LANDMARK_COLUMNS]
+        lines.append(f"| {task} | {ck} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def bar_chart(s: Summary, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(min(16, max(6, 1.1 * len(s.tasks) + 2)), 4.5))
-    width = 0.8 / max(1, len(s.methods))
-    x = np.arange(len(s.tasks))
-    for i, m in enumerate(s.methods):
-        means = [s.cells[(t, m)].mean if (t, m) in s.cells else np.nan for t in s.tasks]
-        stds = [s.cells[(t, m)].std if (t, m) in s.cells else 0 for t in s.tasks]
-        ax.bar(x + (i - (len(s.methods) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=_header(m))
-    ax.set_xticks(x, s.tasks, rotation=35, ha="right", fontsize=8)
-    ax.set_ylabel("test Dice (mean ± std over seeds)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+def _distinct(values) -> str:
+    vals = sorted({str(v) for v in values if v is not None})
+    return ", ".join(vals) if vals else "—"
 
 
-def curve_chart(s: Summary, path: Path) -> Path | None:
-    """Test Dice vs. pretraining step per (task, protocol); the baseline as a dashed line."""
-    stepped = [m for m in s.methods if m[0] in s.steps]
-    if not stepped:
-        return None
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for task in s.tasks:
-        for proto in sorted({m[1] for m in stepped}):
-            pts = sorted((s.steps[m[0]], s.cells[(task, m)].mean) for m in stepped
-                         if m[1] == proto and (task, m) in s.cells)
-            if pts:
-                line, = ax.plot(*zip(*pts), marker="o", label=f"{task} · {proto}")
-                base = s.cells.get((task, (s.baseline, proto)))
-                if base is not None:
-                    ax.axhline(base.mean, color=line.get_color(), linestyle="--", linewidth=0.8)
-    ax.set_xlabel("pretraining step")
-    ax.set_ylabel("test Dice (mean over seeds)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+def provenance_lines(s: Summary, results_dir: Path) -> list[str]:
+    """What produced the numbers: checkpoints (path, digest, step), per-task test images and seeds, the
+    protocol parameters, package versions."""
+    rows = s.rows
+    lines = ["## Provenance", "", f"Every row is in `{RESULTS_FILE}` (one per run; columns in docs/eval.md).", "",
+             "| checkpoint | path | digest | step |", "|---|---|---|---|"]
+    for ck in sorted({r["checkpoint"] for r in rows}):
+        r = next(x for x in rows if x["checkpoint"] == ck)
+        lines.append(f"| {ck} | `{r['checkpoint_spec'] or '—'}` | `{r['checkpoint_digest'] or '—'}` | "
+                     f"{r['checkpoint_step'] if r['checkpoint_step'] is not None else '—'} |")
+    lines += ["", "| task | protocol | seeds | test images | epochs frozen / fine-tune | lr / fine-tune lr | threshold |",
+              "|---|---|---|---|---|---|---|"]
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["task"], r["protocol"])].append(r)
+    for (task, proto), rs in sorted(groups.items()):
+        seeds = ", ".join(str(x) for x in sorted({r["seed"] for r in rs}))
+        epochs = f"{_distinct(r['epochs_frozen'] for r in rs)} / {_distinct(r['epochs_finetune'] for r in rs)}"
+        lrs = f"{_distinct(r['lr'] for r in rs)} / {_distinct(r['finetune_lr'] for r in rs)}"
+        lines.append(f"| {task} | {proto} | {seeds} | {_distinct(r['n_test'] for r in rs)} | {epochs} | {lrs} | "
+                     f"{_distinct(r['threshold'] for r in rs)} |")
+    versions: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        for pkg, v in json.loads(r["versions"] or "{}").items():
+            versions[pkg].add(str(v))
+    if versions:
+        lines += ["", "Versions: " + "; ".join(f"{pkg} {', '.join(sorted(v))}" for pkg, v in sorted(versions.items()))]
+    return lines + [""]
 
 
-def _rel(path: Path, start: Path) -> str:
-    return Path(os.path.relpath(path, start)).as_posix()
+def _bundle(paths: list[Path], out: Path) -> list[Path]:
+    """Copies of overlay files inside the report folder (``overlays/<run>/<file>``), so it travels alone."""
+    copies = []
+    for p in paths:
+        dst = out / "overlays" / p.parent.name / p.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p, dst)
+        copies.append(dst)
+    return copies
 
 
 def write_report(results_dir: str | Path, baseline: str = "random", overlays_per_task: int = 3) -> dict[str, Path]:
     """Write report.md, report.html, dice.png (and curve.png) under ``<results_dir>/report``."""
     s = summarise(results_dir, baseline, overlays_per_task)
     out = Path(results_dir) / "report"
+    if (out / "overlays").is_dir():
+        shutil.rmtree(out / "overlays")
     out.mkdir(parents=True, exist_ok=True)
+    s.overlays = {key: _bundle(paths, out) for key, paths in s.overlays.items()}
     paths = {"markdown": out / "report.md", "html": out / "report.html"}
     if s.cells:
         paths["bars"] = bar_chart(s, out / "dice.png")
@@ -206,52 +269,34 @@ def write_report(results_dir: str | Path, baseline: str = "random", overlays_per
         if curve is not None:
             paths["curve"] = curve
     specs = {r["checkpoint"]: r["checkpoint_spec"] for r in ResultsStore(results_dir).rows()}
-    paths["markdown"].write_text(render_markdown(s, paths, out) + "\n".join(cluster_section(specs, out)))
-    paths["html"].write_text(render_html(s, paths, out))
+    markdown = render_markdown(s, paths, out) + "\n".join(cluster_section(specs, out))
+    paths["markdown"].write_text(markdown)
+    paths["html"].write_text(markdown_to_html(markdown, out, title="ldisc evaluation"))
     return paths
 
 
 def render_markdown(s: Summary, paths: dict[str, Path], out: Path) -> str:
+    thresholds = _distinct(r["threshold"] for r in s.rows)
     lines = ["# ldisc downstream evaluation", "",
-             f"Test Dice at threshold 0.5, mean ± std over seeds; (Δ) = difference to `{s.baseline}` under the "
-             "same protocol; **bold** = best checkpoint for the task and protocol.", "", markdown_table(s), ""]
-    lines += [f"- {line}" for line in win_lines(s)]
+             f"Test Dice at prediction threshold {thresholds}, mean over seeds (± sample std with two or more "
+             f"seeds); (Δ) = difference to `{s.baseline}` under the same protocol; **bold** = best checkpoint for "
+             "the task and protocol (several in bold: a tie, counted as no one's win).", "", markdown_table(s), ""]
+    lines += [f"- {line}" for line in win_lines(s) + baseline_lines(s)]
+    lines += ["", "Per-image test Dice: median [first–third quartile] over the test images of every seed.", "",
+              spread_table(s)]
     landmarks = landmark_table(out.parent)
     if landmarks:
         lines += ["", "Landmarks: mean radial error and success rate within 2/4/8 % of the image width, "
-                  "mean ± std over seeds (templates).", "", landmarks]
+                  "mean (± std over seeds (templates)).", "", landmarks]
     if s.n_failed:
-        lines.append(f"- {s.n_failed} run(s) failed; see `status`/`error` in results.parquet")
+        lines += ["", f"- {s.n_failed} run(s) failed; see `status`/`error` in {RESULTS_FILE}"]
     for key in ("bars", "curve"):
         if key in paths:
-            lines += ["", f"![{key}]({paths[key].name})"]
-    lines += ["", "## Predictions (red) and ground truth (green outline), first seed", ""]
+            lines += ["", f"![{key}]({paths[key].relative_to(out).as_posix()})"]
+    lines += ["", "## Predictions (blue) and ground truth (green outline), first seed", ""]
     for task in s.tasks:
         imgs = [(m, p) for m in s.methods for p in s.overlays.get((task, m), [])]
         if imgs:
-            lines.append(f"**{task}**  ")
-            lines += [f"![{_header(m)}]({_rel(p, out)}) " for m, p in imgs]
-            lines.append("")
-    return "\n".join(lines) + "\n"
-
-
-def render_html(s: Summary, paths: dict[str, Path], out: Path) -> str:
-    e = html.escape
-    head = "".join(f"<th>{e(_header(m))}</th>" for m in s.methods)
-    rows = "".join("<tr><td>" + e(t) + "</td>" + "".join(f"<td>{e(_cell_text(s, t, m))}</td>" for m in s.methods)
-                   + "</tr>" for t in s.tasks)
-    charts = "".join(f'<img src="{paths[k].name}" alt="{k}">' for k in ("bars", "curve") if k in paths)
-    figs = ""
-    for task in s.tasks:
-        imgs = "".join(f'<figure><img src="{e(_rel(p, out))}"><figcaption>{e(_header(m))}</figcaption></figure>'
-                       for m in s.methods for p in s.overlays.get((task, m), []))
-        if imgs:
-            figs += f"<h3>{e(task)}</h3><div class='row'>{imgs}</div>"
-    wins = "".join(f"<li>{e(line)}</li>" for line in win_lines(s))
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>ldisc evaluation</title><style>"
-            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-            "padding:4px 8px;text-align:right}td:first-child{text-align:left}.row{display:flex;flex-wrap:wrap}"
-            "figure{margin:4px}figcaption{font-size:70%}</style></head><body><h1>ldisc downstream evaluation</h1>"
-            f"<p>Test Dice at threshold 0.5, mean ± std over seeds; (Δ) = difference to {e(s.baseline)}.</p>"
-            f"<table><tr><th>task</th>{head}</tr>{rows}</table><ul>{wins}</ul>{charts}"
-            f"<h2>Predictions (red) and ground truth (green)</h2>{figs}</body></html>\n")
+            lines += [f"### {task}", "", " ".join(f"![{_header(m)}]({p.relative_to(out).as_posix()})" for m, p in imgs),
+                      ""]
+    return "\n".join(lines + [""] + provenance_lines(s, Path(out.parent))) + "\n"

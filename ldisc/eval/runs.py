@@ -14,7 +14,7 @@ import platform
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -123,8 +123,18 @@ def _dist_version(name: str) -> str:
         return "unknown"
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def _now() -> datetime:
+    """A run's start/finish time: a timezone-aware UTC timestamp (results.parquet stores timestamp[ms, UTC])."""
+    return datetime.now(timezone.utc)
+
+
+def protocol_columns(cfg: ProtocolConfig | None = None, **method) -> dict:
+    """The protocol parameters of a row: lr, fine-tune lr and threshold as columns, every setting as JSON."""
+    if cfg is None:
+        return {"protocol_params": json.dumps(method, sort_keys=True)}
+    params = {k: v for k, v in asdict(cfg).items() if k not in ("device", "overlays")}
+    return {"lr": cfg.lr, "finetune_lr": cfg.finetune_lr, "threshold": cfg.threshold,
+            "protocol_params": json.dumps(params, sort_keys=True)}
 
 
 def build_encoder(spec: RunSpec, task: Task, cfg: ProtocolConfig) -> VGGEncoder:
@@ -147,7 +157,7 @@ def _mark_running(spec: RunSpec) -> Path | None:
         path = Path(spec.results_dir) / "running" / f"{spec.run_id}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"run_id": spec.run_id, "pid": os.getpid(), "host": socket.gethostname(),
-                                    "task": spec.task, "started_at": _now()}))
+                                    "task": spec.task, "started_at": _now().isoformat(timespec="seconds")}))
         return path
     except OSError:  # a worker on another machine may not see the driver's results dir
         return None
@@ -192,5 +202,5 @@ def execute_run(spec: RunSpec) -> tuple[dict, list[dict]]:
         "train_s": result.train_seconds, "host": socket.gethostname(), "pid": os.getpid(),
         "device": str(torch.device("cuda" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")),
         "versions": json.dumps(versions(), sort_keys=True), "started_at": started, "finished_at": _now(),
-        "history": json.dumps(result.history), "error": None}
+        "history": json.dumps(result.history), "error": None} | protocol_columns(cfg)
     return row, result.overlays

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 SCHEMA = pa.schema([
@@ -31,12 +32,36 @@ SCHEMA = pa.schema([
     ("n_test", pa.int64()), ("n_skipped", pa.int64()), ("test_names", pa.list_(pa.string())),
     ("input_size", pa.int64()), ("batch_size", pa.int64()), ("wall_s", pa.float64()), ("train_s", pa.float64()),
     ("host", pa.string()), ("pid", pa.int64()), ("device", pa.string()), ("versions", pa.string()),
-    ("started_at", pa.string()), ("finished_at", pa.string()), ("history", pa.string()), ("error", pa.string()),
+    ("started_at", pa.timestamp("ms", tz="UTC")), ("finished_at", pa.timestamp("ms", tz="UTC")),
+    ("history", pa.string()), ("error", pa.string()),
     # landmark tasks: mean radial error (px, % of image width), success rates within 2/4/8 % of the width
     ("mre_px", pa.float64()), ("mre_pct", pa.float64()), ("sr_2pct", pa.float64()), ("sr_4pct", pa.float64()),
     ("sr_8pct", pa.float64()),
+    # the protocol's parameters: the two learning rates and the prediction threshold as columns, and every
+    # setting of the protocol (``ldisc.eval.protocol.ProtocolConfig``, or an application's method) as JSON
+    ("lr", pa.float64()), ("finetune_lr", pa.float64()), ("threshold", pa.float64()), ("protocol_params", pa.string()),
 ])
+JSON_COLUMNS = {  # string columns that hold JSON (documented in docs/eval.md, "results.parquet")
+    "versions": "object: package → version of the process that ran the evaluation (python, torch, ldisc, ray)",
+    "history": "list of per-epoch records {phase, epoch, train_loss, val_loss, val_dice}",
+    "protocol_params": "object: every protocol setting of the run (ProtocolConfig fields, or an application's method)",
+}
 RESULTS_FILE = "results.parquet"
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """A table of an older layout in today's ``SCHEMA``: missing columns become nulls, and ISO-8601 text
+    timestamps (written before they were real timestamps) are parsed."""
+    columns = []
+    for field in SCHEMA:
+        if field.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, field.type))
+            continue
+        col = table.column(field.name)
+        if pa.types.is_timestamp(field.type) and pa.types.is_string(col.type):
+            col = pc.strptime(col, format="%Y-%m-%dT%H:%M:%S%z", unit="ms")
+        columns.append(col.cast(field.type))
+    return pa.Table.from_arrays(columns, schema=SCHEMA)
 
 
 def _atomic_write(table: pa.Table, path: Path) -> None:
@@ -69,7 +94,7 @@ class ResultsStore:
         if self._rows is None:
             self._rows = {}
             for f in sorted(self.runs_dir.glob("*.parquet")):
-                for row in pq.read_table(f, schema=SCHEMA).to_pylist():
+                for row in conform(pq.read_table(f)).to_pylist():
                     self._rows[row["run_id"]] = row
         return self._rows
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import colorsys
 import json
-import os
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -148,8 +149,11 @@ def cluster_section(checkpoints: dict[str, str], out: Path) -> list[str]:
         rows.append(f"| {label} | {rec['step']} | {rec['crispness']:.3f} | {rec['effective_count']:.1f} "
                     f"/ {len(rec['area_share'])} | {dice} |")
         png = run / "clusters" / f"step_{rec['step']:07d}.png"
-        if png.is_file():
-            pictures.append(f"![clusters of {label}]({Path(os.path.relpath(png, out)).as_posix()})")
+        if png.is_file():   # a copy inside the report folder, so the report travels alone
+            copy = out / "clusters" / (re.sub(r"[^A-Za-z0-9_.-]", "_", label) + ".png")
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(png, copy)
+            pictures.append(f"![clusters of {label}]({copy.relative_to(out).as_posix()})")
     if not rows:
         return []
     return ["", "## Region clusters of the pretraining runs (held-out synthetic probe, last record)", "",
