@@ -13,6 +13,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from ldisc.cli_args import exit_on_version
 from ldisc.cli_errors import usage_error
 from ldisc.config import config_dir
 
@@ -53,6 +54,7 @@ def _precheck(argv: list[str]) -> None:
 
 
 def main() -> None:
+    exit_on_version("ldisc-pretrain", sys.argv[1:])
     _precheck(sys.argv[1:])
     hydra.main(config_path=str(config_dir()), config_name="pretrain", version_base="1.3")(_main)()
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:

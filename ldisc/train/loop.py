@@ -26,6 +26,7 @@ from ldisc.dist import default_collective
 from ldisc.model import LDNet, build_model, load_stage1, save_encoder
 from ldisc.objectives.diagnostics import cluster_stats
 from ldisc.objectives.objective import LDObjective, ObjectiveConfig
+from ldisc.tracking import open_tracker
 from ldisc.train import checkpoint as ckpt
 from ldisc.train import faults
 from ldisc.train.ds_config import build_ds_config
@@ -70,6 +71,7 @@ class Trainer:
         self.metrics = TrainMetrics(self.rank, int(m.port), info.local_rank, str(m.get("addr", "127.0.0.1")))
         self.log = JsonlLog(self.run_dir / "losses.jsonl", enabled=self.rank == 0)
         self.samples_log = JsonlLog(self.run_dir / f"samples.rank{self.rank}.jsonl")
+        self.tracker = open_tracker(cfg, self.run_dir, self.rank)     # TensorBoard / MLflow, when configured
         self.ds_config = build_ds_config(cfg, info.world_size)
         if self.rank == 0:
             (self.run_dir / "ds_config.json").write_text(json.dumps(self.ds_config, indent=1))
@@ -292,6 +294,7 @@ class Trainer:
                               cluster_effective_count=round(stats.effective_count, 4))
             self.losses.append(record)
             self.log.append(record)
+            self.tracker.log_step(record)
             self.samples_log.append({"step": self.step, "keys": keys})
             bar.update(1)
             bar.set_postfix(stage=self.stage, **{k: f"{v:.3f}" for k, v in terms.items() if k != "discriminator"},
@@ -336,6 +339,7 @@ class Trainer:
             plot_losses(self.losses, self.run_dir / "loss_curve.png")
         time.sleep(float(self.cfg.metrics.get("linger_s", 0)))
         self.metrics.close()
+        self.tracker.close()
         enc = self.last_checkpoint / "encoder.pt" if self.last_checkpoint else None
         return PretrainResult(self.run_dir, enc, self.last_checkpoint, self.losses)
 
