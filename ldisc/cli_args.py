@@ -1,8 +1,8 @@
 """Arguments every console script shares: ``--version`` and byte sizes such as ``512MB``.
 
-``--version`` prints ``<prog> <ldisc version>`` and exits 0 without importing torch, so it answers in
-well under a second even on a cold machine. argparse scripts add it with :func:`add_version`; the Hydra
-apps (``ldisc-pretrain``, ``ldisc-eval``) call :func:`exit_on_version` before Hydra sees ``argv``.
+``--version`` prints ``<prog> <ldisc version>`` and exits 0. The console scripts (``ldisc.scripts``) answer
+it before importing torch; ``python -m`` runs of the argparse programs answer it through
+:func:`add_version`, the Hydra apps (``ldisc-pretrain``, ``ldisc-eval``) through :func:`exit_on_version`.
 """
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ def add_version(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def exit_on_version(prog: str, argv: list[str]) -> None:
-    """For apps that do not parse with argparse: answer ``--version`` and exit 0."""
-    if "--version" in argv:
+    """``prog --version``: print the version and exit 0 (console scripts before any heavy import; the
+    Hydra apps, which have no such flag, before Hydra)."""
+    if argv[:1] == ["--version"]:
         print(version_text(prog), flush=True)
         sys.exit(0)
 

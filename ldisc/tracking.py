@@ -64,11 +64,12 @@ class Tracker:
                 exp_id = found.experiment_id if found else self.client.create_experiment(experiment)
                 tags = {"ldisc.run_dir": str(self.run_dir.resolve())}
                 self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+                if params:
+                    from mlflow.entities import Param
+                    self.client.log_batch(self.run_id, params=[Param(metric_name(k)[:250], str(v)[:500])
+                                                               for k, v in params.items()])
             except MlflowException as err:
                 raise ValueError(f"logging.mlflow.tracking_uri={mlflow_uri}: {err.message}") from err
-            if params:
-                from mlflow.entities import Param
-                self.client.log_batch(self.run_id, params=[Param(k[:250], str(v)[:500]) for k, v in params.items()])
 
     @property
     def enabled(self) -> bool:

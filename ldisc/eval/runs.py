@@ -50,11 +50,19 @@ def _file_digest(path: Path) -> str:
 
 
 def resolve_checkpoint(entry: str) -> CheckpointRef:
-    """``random``, an encoder file (``.pt``/``.safetensors``), or a checkpoint dir holding ``encoder.pt``."""
+    """``random``, an encoder file (``.pt``/``.safetensors``), a checkpoint dir holding ``encoder.pt``, a
+    pretraining run dir (→ its latest checkpoint) or ``RUN_DIR/best`` / ``RUN_DIR/latest``; run dirs are
+    resolved by :mod:`ldisc.train.checkpoint`, the owner of that layout."""
+    from ldisc.train import checkpoint as ckpt
+
     entry = str(entry)
     if entry == RANDOM:
         return CheckpointRef(RANDOM, RANDOM, None, RANDOM, None)
     path = Path(entry).expanduser().resolve()
+    if path.name in ckpt.NAMES and not path.exists():          # RUN_DIR/best, RUN_DIR/latest
+        path = ckpt.resolve_checkpoint_spec(path).resolve()
+    elif path.is_dir() and ckpt.checkpoint_root(path).is_dir():  # a run dir: its latest complete checkpoint
+        path = ckpt.resolve_checkpoint(path, "latest").resolve()
     if path.is_dir():
         found = [path / n for n in ENCODER_FILES if (path / n).is_file()]
         if not found:
