@@ -100,6 +100,8 @@ def test_hydra_apps_print_their_config_from_outside_the_checkout(installed):
     ev = run_script(venv, cwd, "ldisc-eval", "--cfg", "job", "protocol=smoke", "mode=report")
     assert ev.returncode == 0, ev.stderr[-2000:]
     assert "mode: report" in ev.stdout and "epochs_frozen: 2" in ev.stdout
+    helped = run_script(venv, cwd, "ldisc-eval", "--help")
+    assert helped.returncode == 0 and "mode=run|watch|report" in helped.stdout and "== Config ==" in helped.stdout
     bad = run_script(venv, cwd, "ldisc-eval", "no_such_key=1")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert [line for line in bad.stderr.splitlines() if line.startswith("ldisc-eval: error:")] == \
