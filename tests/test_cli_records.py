@@ -97,6 +97,19 @@ def test_every_console_script_has_a_program_with_main():
             assert callable(program.main), name
 
 
+@pytest.mark.parametrize("module, extra, importer", [
+    ("deepspeed", "train", lambda: __import__("ldisc.train.env", fromlist=["x"]).import_deepspeed()),
+    ("boto3", "s3", lambda: __import__("ldisc.data.store", fromlist=["x"]).S3Store("bucket")),
+])
+def test_a_missing_optional_package_names_its_extra(module, extra, importer, monkeypatch):
+    from ldisc.cli_errors import MissingExtra
+
+    monkeypatch.setitem(sys.modules, module, None)          # as if not installed
+    with pytest.raises(MissingExtra, match=rf"{module} is not installed; pip install 'ldisc\[{extra}\]'"):
+        importer()
+    assert issubclass(MissingExtra, ValueError)             # the CLIs' usage-error path (exit 2)
+
+
 # --- ldisc-eval as a Hydra app -------------------------------------------------------------------------------
 @pytest.mark.parametrize("argv, words", [
     (["no_such_key=1"], ["no_such_key"]),

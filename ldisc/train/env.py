@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ldisc.cli_errors import require
+
 ENV_CONTRACT = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -33,7 +35,7 @@ def import_deepspeed():
     """Import DeepSpeed with the defaults above and without the shared-memory comm op build (~20 s
     on CPU; gloo needs none of it)."""
     deepspeed_env_defaults()
-    import deepspeed
+    deepspeed = require("deepspeed", "train")
 
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     return deepspeed
