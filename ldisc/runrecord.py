@@ -8,6 +8,9 @@ dataset's ``logs/``) go
                          of the ldisc source where it is a checkout, host, world size, start time (UTC)
     run_history.jsonl    one run.json line per invocation (a resumed run adds a line)
 
+``ldisc-shard ingest`` puts the same record (plus its counts) into the dataset as
+``logs/ingest-v<version>.json`` (:func:`record_into_store`; local folder or S3 alike).
+
 In a Hydra multirun each job's folder (``hydra.sweep.dir``/N) gets ``run_dir.txt`` (the absolute run
 directory) and a ``run`` symlink to it, so a sweep's job folders point at their runs.
 """
@@ -105,6 +108,13 @@ def write_run_record(run_dir: str | Path, prog: str, cfg: DictConfig | dict | No
     with open(run_dir / HISTORY_FILE, "a") as fh:
         fh.write(json.dumps(record) + "\n")
     link_job_folder(run_dir)
+    return record
+
+
+def record_into_store(store, key: str, prog: str, extra: dict | None = None) -> dict:
+    """Write a run record as the object ``key`` of a dataset store (``ldisc.data.store``). → the record."""
+    record = build_record(prog, [], 1, extra)
+    store.put_bytes(key, (json.dumps(record, indent=1) + "\n").encode())
     return record
 
 

@@ -20,6 +20,7 @@ from ldisc.data.store import open_store
 
 from .deid import MIN_SECRET_BYTES, SECRET_ENV
 
+INGEST_LOG = "logs"          # <dataset>/logs/ingest-v<version>.json: the run record of each ingest
 SECRET_HELP = (f"Required secret: the patient-key HMAC secret (at least {MIN_SECRET_BYTES} bytes) is read from "
                f"${SECRET_ENV}, or from --secret-file; never from an argument. Ingest refuses to run without it.")
 
@@ -84,6 +85,12 @@ def _ingest(args) -> int:
     finally:
         if args.metrics_file:
             metrics.write(args.metrics_file)
+    from dataclasses import asdict
+
+    from ldisc.runrecord import record_into_store
+
+    record_into_store(open_store(args.dataset), f"{INGEST_LOG}/ingest-v{result.version:06d}.json", "ldisc-shard ingest",
+                      {"result": asdict(result)})
     print("\n".join(summary_lines(result)))
     return 0
 

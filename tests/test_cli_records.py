@@ -70,14 +70,17 @@ def test_shard_ingest_help_names_the_secret_and_shows_defaults(capsys):
     assert done.value.code == 0 and capsys.readouterr().out.strip() == f"ldisc-shard {__version__}"
 
 
-def test_shard_manifest_version_flag_and_its_error(tmp_path):
-    from _data_fixtures import SECRET, gray_image, write_image
-    from sharding.ingest import IngestOptions, ingest
+def test_shard_ingest_records_itself_and_manifest_version_flag(tmp_path):
+    from _data_fixtures import gray_image, write_image
 
     for i in range(2):
         write_image(tmp_path / "src" / f"{i}.png", gray_image(i))
-    ingest(IngestOptions(source=str(tmp_path / "src"), dataset=str(tmp_path / "ds"), site="a", modality="xray",
-                         size=32, progress=False), SECRET.encode())
+    done = _cli("sharding.cli", "ingest", str(tmp_path / "src"), "--dataset", str(tmp_path / "ds"), "--site", "a",
+                "--modality", "xray", "--size", "32", "--shard-bytes", "1MB", "--no-progress", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    log = json.loads((tmp_path / "ds" / "logs" / "ingest-v000001.json").read_text())
+    assert log["program"] == "ldisc-shard ingest" and log["argv"][-1] == "--no-progress"
+    assert log["result"]["added"] == 2 and log["versions"]["ldisc"] == __version__ and "s" * 32 not in json.dumps(log)
     ok = _cli("sharding.cli", "stats", str(tmp_path / "ds"), "--manifest-version", "1", cwd=tmp_path)
     assert ok.returncode == 0 and "v1: 2" in ok.stdout, ok.stderr
     line = _one_error_line(_cli("sharding.cli", "verify", str(tmp_path / "ds"), "--manifest-version", "7",
