@@ -10,10 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import re
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -117,20 +115,10 @@ class RunSpec:
 
 
 def versions() -> dict[str, str]:
-    import ldisc
-    out = {"python": platform.python_version(), "torch": torch.__version__,
-           "ldisc": getattr(ldisc, "__version__", None) or _dist_version("ldisc")}
-    if "ray" in sys.modules:
-        out["ray"] = sys.modules["ray"].__version__
-    return out
+    """Versions of python, torch, ldisc (and deepspeed/ray where installed): one owner, ldisc.runrecord."""
+    from ldisc.runrecord import package_versions
 
-
-def _dist_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "unknown"
+    return {k: v for k, v in package_versions().items() if v is not None}
 
 
 def _now() -> str:
