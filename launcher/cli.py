@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from launcher.k8s.common import file_name, yaml_stream
+from ldisc.cli_args import add_version
 
 TARGETS = ("local", "k8s", "ray")
 
@@ -29,8 +30,8 @@ class UsageError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ldisc-launch", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_version(argparse.ArgumentParser(prog="ldisc-launch", description=__doc__,
+                                            formatter_class=argparse.RawDescriptionHelpFormatter))
     sub = p.add_subparsers(dest="command", required=True)
     for entry in ("pretrain", "ingest", "eval"):
         sp = sub.add_parser(entry, help=f"launch ldisc-{'shard ingest' if entry == 'ingest' else entry}")

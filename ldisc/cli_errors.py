@@ -4,10 +4,26 @@ A traceback is for bugs only; a bad value, a missing dataset or a missing checkp
 """
 from __future__ import annotations
 
+import importlib
 import sys
+from types import ModuleType
 from typing import NoReturn
 
 USAGE_EXIT = 2
+
+
+class MissingExtra(ValueError):
+    """A package of an optional role (``pip install 'ldisc[ROLE]'``) is not installed: the user's to fix."""
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """``import module``, or :class:`MissingExtra` naming the extra that brings it (pyproject's roles)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name != module.split(".")[0]:
+            raise
+        raise MissingExtra(f"{module} is not installed; pip install 'ldisc[{extra}]'") from None
 
 
 def usage_error(prog: str, err: BaseException | str) -> NoReturn:

@@ -161,8 +161,11 @@ def _decode_pil(path: Path, fmt: str, max_pixels: int, work_side: int | None = N
 
 
 def _decode_dicom(path: Path, max_pixels: int) -> Decoded:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+    try:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+    except ModuleNotFoundError:
+        raise Quarantine("unsupported_format", "DICOM needs pydicom: pip install 'ldisc[dicom]'") from None
 
     try:
         with warnings.catch_warnings():

@@ -140,10 +140,14 @@ def test_monitor_serves_prometheus_metrics_and_writes_the_textfile(tmp_path):
         assert line in body and line in (tmp_path / "metrics.prom").read_text()
 
 
-@pytest.mark.parametrize("spelling", [["--watch"], ["watch.dir="]])
-def test_watch_flag_spellings_become_the_same_override(spelling, tmp_path):
-    from ldisc.eval.cli import parse_argv
+def test_protocol_shorthand_and_watch_mode_compose_like_the_long_spelling(tmp_path):
+    from ldisc.eval.cli import compose_config, expand_shorthands
 
-    argv = [spelling[0], str(tmp_path)] if spelling[0] == "--watch" else [spelling[0] + str(tmp_path)]
-    flags, overrides = parse_argv(argv + ["--metrics-port=9100", "protocol=paper", "seeds=[0]"])
-    assert overrides == [f"watch.dir={tmp_path}", "metrics.port=9100", "eval/protocol@protocol=paper", "seeds=[0]"]
+    argv = ["mode=watch", f"watch.dir={tmp_path}", "metrics.port=9100", "protocol=smoke", "seeds=[0]"]
+    assert expand_shorthands(argv)[3] == "eval/protocol@protocol=smoke"
+    assert expand_shorthands(["protocol=paper,smoke"]) == ["eval/protocol@protocol=paper,smoke"]
+    assert expand_shorthands(["protocol.device=cpu"]) == ["protocol.device=cpu"]     # a key, not a preset
+    short = compose_config(argv)
+    long = compose_config([*argv[:3], "eval/protocol@protocol=smoke", "seeds=[0]"])
+    assert short == long and short.mode == "watch" and short.watch.dir == str(tmp_path)
+    assert short.protocol.epochs_frozen != compose_config([]).protocol.epochs_frozen   # smoke ≠ paper

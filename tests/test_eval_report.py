@@ -1,4 +1,4 @@
-"""The report from a results store, and ``--watch`` following a run's checkpoints as they appear."""
+"""The report from a results store, and ``mode=watch`` following a run's checkpoints as they appear."""
 from __future__ import annotations
 
 import json
@@ -150,7 +150,7 @@ def _save_checkpoint(run_dir: Path, step: int) -> None:
 def test_watch_evaluates_new_checkpoints_as_they_appear(tmp_path):
     run_dir, out = tmp_path / "pretrain-run", tmp_path / "eval"
     _save_checkpoint(run_dir, 10)
-    cmd = [sys.executable, "-m", "ldisc.eval.cli", "--watch", str(run_dir), "fleet.mode=serial", "watch.interval_s=0.3",
+    cmd = [sys.executable, "-m", "ldisc.eval.cli", "mode=watch", f"watch.dir={run_dir}", "fleet.mode=serial", "watch.interval_s=0.3",
            "watch.idle_timeout_s=6", "tasks=[synth_idrid_disc@8]", "protocols=[frozen]", "seeds=[0]",
            "protocol=smoke", "data.max_test=4", "fleet.progress=false", f"out_dir={out}"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -67,10 +67,9 @@ def entry_config(ln: Launch, pod_overrides: list[str]) -> dict:
     if ln.entry == "pretrain":
         return OmegaConf.to_container(compose("pretrain", pod_overrides), resolve=True)
     if ln.entry == "eval":
-        from ldisc.eval.cli import compose_config, parse_argv
+        from ldisc.eval.cli import compose_config
 
-        _, hydra_overrides = parse_argv(pod_overrides)
-        return OmegaConf.to_container(compose_config(hydra_overrides), resolve=True)
+        return OmegaConf.to_container(compose_config(pod_overrides), resolve=True)
     return {"argv": ["ldisc-shard", *pod_overrides]}
 
 

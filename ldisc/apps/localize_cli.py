@@ -20,6 +20,7 @@ from pathlib import Path
 from ldisc.apps.landmarks import LocalizeConfig, Localizer
 from ldisc.apps.model_io import image_batches, list_images, load_ld_model, pick_device, read_rgb
 from ldisc.apps.overlay import heat_overlay
+from ldisc.cli_args import add_version
 
 
 def read_landmarks(path: str | Path) -> dict[str, tuple[float, float]]:
@@ -40,7 +41,7 @@ def read_landmarks(path: str | Path) -> dict[str, tuple[float, float]]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="ldisc-localize", description=__doc__.split("\n\n")[0])
+    p = add_version(argparse.ArgumentParser(prog="ldisc-localize", description=__doc__.split("\n\n")[0]))
     p.add_argument("--checkpoint", required=True, help="checkpoint dir (model.pt) of ldisc-pretrain")
     p.add_argument("--template", required=True, help="the annotated template image")
     p.add_argument("--landmarks", required=True, help="JSON {name: [x, y]} in template pixels")

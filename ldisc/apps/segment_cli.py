@@ -20,10 +20,11 @@ from PIL import Image
 from ldisc.apps.model_io import image_batches, list_images, load_ld_model, pick_device
 from ldisc.apps.overlay import mask_overlay
 from ldisc.apps.segment import READOUTS, segment
+from ldisc.cli_args import add_version
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="ldisc-segment", description=__doc__.split("\n\n")[0])
+    p = add_version(argparse.ArgumentParser(prog="ldisc-segment", description=__doc__.split("\n\n")[0]))
     p.add_argument("--checkpoint", required=True, help="stage-2 checkpoint dir (model.pt) of ldisc-pretrain")
     p.add_argument("--images", required=True, nargs="+", help="images or folders of images")
     p.add_argument("--out", required=True, help="output folder")

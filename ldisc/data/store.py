@@ -121,7 +121,9 @@ class S3Store:
     """A dataset under ``s3://bucket/prefix`` of an S3-compatible object store."""
 
     def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None):
-        import boto3
+        from ldisc.cli_errors import require
+
+        boto3 = require("boto3", "s3")
         from botocore.config import Config
 
         self.bucket = bucket

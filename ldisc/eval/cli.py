@@ -1,8 +1,14 @@
 """``ldisc-eval``: run checkpoints × tasks × protocols × seeds as a Ray fleet and write the report.
 
-    ldisc-eval [--watch DIR] [--metrics-port N] [--report-only] [--serial] [key=value …]
+A Hydra app over ``configs/eval.yaml``, like ``ldisc-pretrain``::
 
-Everything else is a Hydra override of ``configs/eval.yaml`` (``LDISC_CONFIG_DIR`` points elsewhere).
+    ldisc-eval checkpoints=[random,runs/a] tasks=[synthetic@32] seeds=[0,1,2]   # runs/a: its latest checkpoint
+    ldisc-eval checkpoints=[runs/a/best] protocol=smoke fleet.mode=serial          # no Ray: one process
+    ldisc-eval mode=watch watch.dir=runs/a                # evaluate checkpoints as a pretraining run writes them
+    ldisc-eval mode=report out_dir=eval_out               # rewrite the report from the results only
+    ldisc-eval -m tasks=[synth_idrid_disc@8],[synth_rite_vessel@8]                # a Hydra multirun
+    ldisc-eval --cfg job | --help | --version
+
 ``protocol=NAME`` is short for ``eval/protocol@protocol=NAME``: paper (the authors' transfer protocol,
 the default), ldisc (this project's earlier choices), demo and smoke (the paper protocol, fewer epochs).
 Exit status: 0 when every run succeeded, 1 when some failed, 2 on bad usage.
@@ -13,65 +19,60 @@ import logging
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from ldisc.cli_errors import usage_error
+from ldisc.config import compose, config_dir
+if TYPE_CHECKING:       # the fleet imports torch and Ray: only when a run starts (--cfg, --help stay quick)
+    from ldisc.eval.fleet import FleetSummary
+    from ldisc.eval.protocol import ProtocolConfig
+    from ldisc.eval.runs import CheckpointRef
 
-from ldisc.config import config_dir
-from ldisc.eval.fleet import FleetConfig, FleetSummary, init_ray, plan_runs, run_fleet, run_serial
-from ldisc.eval.monitor import FleetMonitor
-from ldisc.eval.protocol import ProtocolConfig
-from ldisc.eval.ray_local import stop_local_ray
-from ldisc.eval.report import landmark_table, markdown_table, summarise, win_lines, write_report
-from ldisc.eval.runs import RANDOM, CheckpointRef, check_encoder, resolve_checkpoint
-from ldisc.eval.store import ResultsStore
-from ldisc.eval.taskdata import preflight
-from ldisc.eval.tasks import expand_tasks
-from ldisc.eval.watch import watch_checkpoints
-
-FLAGS_WITH_VALUE = {"--watch": "watch.dir", "--metrics-port": "metrics.port", "--out": "out_dir"}
-FLAGS = {"--report-only": "report_only", "--serial": "serial"}
+PROG = "ldisc-eval"
+MODES = ("run", "watch", "report")
+PROTOCOL_GROUP = "eval/protocol@protocol"
+# the flags of the argparse-era ldisc-eval → their config spelling (a one-line hint, exit 2)
+RENAMED_FLAGS = {"--watch": "mode=watch watch.dir=DIR", "--report-only": "mode=report",
+                 "--serial": "fleet.mode=serial", "--metrics-port": "metrics.port=N", "--out": "out_dir=DIR"}
+_exit_codes: list[int] = []
 
 
-def parse_argv(argv: list[str]) -> tuple[dict[str, bool], list[str]]:
-    """Split ``--flags`` from Hydra overrides; flags with values become overrides."""
-    flags, overrides, i = {v: False for v in FLAGS.values()}, [], 0
-    while i < len(argv):
-        arg = argv[i]
-        name, eq, value = arg.partition("=")
-        if name in FLAGS_WITH_VALUE:
-            if not eq:
-                if i + 1 >= len(argv):
-                    raise SystemExit(f"ldisc-eval: {name} needs a value")
-                value, i = argv[i + 1], i + 1
-            overrides.append(f"{FLAGS_WITH_VALUE[name]}={value}")
-        elif arg in FLAGS:
-            flags[FLAGS[arg]] = True
-        elif arg in ("-h", "--help"):
-            print(__doc__)
-            raise SystemExit(0)
-        elif arg.startswith("--"):
-            raise SystemExit(f"ldisc-eval: unknown flag {arg}; see ldisc-eval --help")
-        else:
-            if name == "protocol" and eq and (config_dir() / "eval" / "protocol" / f"{value}.yaml").is_file():
-                arg = f"eval/protocol@protocol={value}"
-            overrides.append(arg)
-        i += 1
-    return flags, overrides
+def expand_shorthands(argv: list[str]) -> list[str]:
+    """``protocol=NAME[,NAME…]`` → ``eval/protocol@protocol=…`` where every NAME is a protocol preset."""
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        names = value.split(",")
+        if key == "protocol" and eq and all((config_dir() / "eval" / "protocol" / f"{n}.yaml").is_file()
+                                            for n in names):
+            arg = f"{PROTOCOL_GROUP}={value}"
+        out.append(arg)
+    return out
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
-    from hydra import compose, initialize_config_dir
+    """``configs/eval.yaml`` with ``overrides`` (shorthands allowed), as ``ldisc-eval`` would run it."""
+    return compose("eval", expand_shorthands(overrides))
 
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose(config_name="eval", overrides=overrides)
+
+def check_eval_config(cfg: DictConfig) -> None:
+    """Raise ValueError for the first impossible setting (before any Ray or data is touched)."""
+    if cfg.mode not in MODES:
+        raise ValueError(f"mode must be one of {'|'.join(MODES)}, got {cfg.mode!r}")
+    if cfg.mode == "watch" and not cfg.watch.dir:
+        raise ValueError("mode=watch needs watch.dir=RUN_DIR (the pretraining run to follow)")
+    if cfg.mode != "watch" and cfg.watch.dir:
+        raise ValueError(f"watch.dir={cfg.watch.dir} is only read with mode=watch; add mode=watch")
+    if cfg.fleet.mode not in ("ray", "serial"):
+        raise ValueError(f"fleet.mode must be 'ray' or 'serial', got {cfg.fleet.mode!r}")
 
 
 def protocol_config(name: str = "paper", **overrides) -> ProtocolConfig:
     """The settings of ``configs/eval/protocol/<name>.yaml`` (paper, ldisc, demo, smoke) with ``overrides``."""
+    from ldisc.eval.protocol import ProtocolConfig
+
     cfg = compose_config([f"eval/protocol@protocol={name}"])
     return ProtocolConfig.from_mapping({**OmegaConf.to_container(cfg.protocol), **overrides})
 
@@ -80,6 +81,13 @@ class Evaluator:
     """Holds what one ``ldisc-eval`` command shares across batches of checkpoints (Ray, store, metrics)."""
 
     def __init__(self, cfg: DictConfig, serial: bool = False):
+        from ldisc.eval.fleet import FleetConfig, FleetSummary, init_ray
+        from ldisc.eval.monitor import FleetMonitor
+        from ldisc.eval.protocol import ProtocolConfig
+        from ldisc.eval.store import ResultsStore
+        from ldisc.eval.taskdata import preflight
+        from ldisc.eval.tasks import expand_tasks
+
         self.cfg = cfg
         self.store = ResultsStore(cfg.out_dir)
         self.tasks = expand_tasks(list(cfg.tasks))
@@ -97,14 +105,14 @@ class Evaluator:
                                      progress=bool(fleet.progress), metrics_port=cfg.metrics.port,
                                      auth=bool(cfg.ray.get("auth", True)))
         self.serial = serial or fleet.mode == "serial"
-        if fleet.mode not in ("ray", "serial"):
-            raise ValueError(f"fleet.mode must be 'ray' or 'serial', got {fleet.mode!r}")
         textfile = self.store.dir / "metrics.prom" if cfg.metrics.textfile else None
         self.monitor = FleetMonitor(0, textfile, self.fleet_cfg.metrics_port, self.fleet_cfg.progress)
         self.started_ray = False if self.serial else init_ray(self.fleet_cfg)
         self.total = FleetSummary()
 
     def evaluate(self, checkpoints: list[CheckpointRef]) -> FleetSummary:
+        from ldisc.eval.fleet import plan_runs, run_fleet, run_serial
+
         threads = max(1, int(self.fleet_cfg.cpus_per_run))
         specs = plan_runs(checkpoints, self.tasks, list(self.cfg.protocols), list(self.cfg.seeds),
                           self.protocol_cfg, self.data_cfg, str(self.store.dir), threads)
@@ -121,12 +129,16 @@ class Evaluator:
         return summary
 
     def close(self) -> None:
+        from ldisc.eval.ray_local import stop_local_ray
+
         self.monitor.close()
         if self.started_ray:
             stop_local_ray()
 
 
 def print_report(cfg: DictConfig, out=sys.stdout) -> None:
+    from ldisc.eval.report import landmark_table, markdown_table, summarise, win_lines, write_report
+
     paths = write_report(cfg.out_dir, cfg.report.baseline, int(cfg.report.overlays_per_task))
     s = summarise(cfg.out_dir, cfg.report.baseline, 0)
     if s.cells:
@@ -140,13 +152,19 @@ def print_report(cfg: DictConfig, out=sys.stdout) -> None:
 
 
 def run(cfg: DictConfig, serial: bool = False) -> FleetSummary:
-    """Evaluate the configured checkpoints (or follow ``watch.dir``), then write the report."""
-    refs = None if cfg.watch.dir else [resolve_checkpoint(str(c)) for c in cfg.checkpoints]  # fail before Ray starts
+    """Evaluate the configured checkpoints (or, with ``mode=watch``, follow ``watch.dir``)."""
+    from ldisc.eval.report import write_report
+    from ldisc.eval.runs import RANDOM, check_encoder, resolve_checkpoint
+    from ldisc.eval.watch import watch_checkpoints
+
+    check_eval_config(cfg)
+    watching = cfg.mode == "watch"
+    refs = None if watching else [resolve_checkpoint(str(c)) for c in cfg.checkpoints]  # fail before Ray starts
     for ref in refs or []:
         check_encoder(ref)
     ev = Evaluator(cfg, serial)
     try:
-        if cfg.watch.dir:
+        if watching:
             if cfg.watch.include_random:
                 ev.evaluate([resolve_checkpoint(RANDOM)])
 
@@ -164,31 +182,50 @@ def run(cfg: DictConfig, serial: bool = False) -> FleetSummary:
     return ev.total
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    flags, overrides = parse_argv(sys.argv[1:] if argv is None else argv)
-    try:
-        cfg = compose_config(overrides)
-    except (HydraException, OmegaConfBaseException) as err:
-        usage_error("ldisc-eval", err)
-    if flags["report_only"]:
+def _app(cfg: DictConfig) -> None:
+    """One ``ldisc-eval`` job (a multirun has several): record it, run it, report, track the Dice table."""
+    from ldisc.eval.store import ResultsStore
+    from ldisc.runrecord import link_job_folder, write_run_record
+    from ldisc.tracking import open_tracker
+
+    logging.getLogger("ldisc").setLevel(logging.WARNING)
+    if cfg.mode == "report":
+        link_job_folder(cfg.out_dir)
         print_report(cfg)
-        return 0
+        _exit_codes.append(0)
+        return
+    write_run_record(cfg.out_dir, PROG, cfg)
     try:
-        total = run(cfg, flags["serial"])
+        tracker = open_tracker(cfg, cfg.out_dir)
+        total = run(cfg)
     except (FileNotFoundError, KeyError, ValueError) as err:
-        usage_error("ldisc-eval", err.args[0] if isinstance(err, KeyError) else err)
+        usage_error(PROG, err.args[0] if isinstance(err, KeyError) else err)
     except KeyboardInterrupt:
-        print(f"\nldisc-eval: interrupted; finished runs are kept in {cfg.out_dir}, rerun to continue", file=sys.stderr)
-        return 130
-    print(f"ldisc-eval: {total.planned} runs planned, {total.skipped} already done, {total.done} done, "
-          f"{total.failed} failed, {total.retried} retried, {total.wall_s:.1f} s "
-          f"→ {ResultsStore(cfg.out_dir).table_path}")
+        print(f"\n{PROG}: interrupted; finished runs are kept in {cfg.out_dir}, rerun to continue", file=sys.stderr)
+        _exit_codes.append(130)
+        return
+    store = ResultsStore(cfg.out_dir)
+    print(f"{PROG}: {total.planned} runs planned, {total.skipped} already done, {total.done} done, "
+          f"{total.failed} failed, {total.retried} retried, {total.wall_s:.1f} s → {store.table_path}")
     for failure in total.failures:
         print(f"  failed: {failure}", file=sys.stderr)
     if cfg.report.enabled:
         print_report(cfg)
-    return 1 if total.failed else 0
+    tracker.log_dice_table(store.rows())
+    tracker.close(failed=bool(total.failed))
+    _exit_codes.append(1 if total.failed else 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ldisc.hydra_cli import start
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    for arg in argv:
+        if arg.partition("=")[0] in RENAMED_FLAGS:
+            usage_error(PROG, f"{arg.partition('=')[0]} is now a config key: {RENAMED_FLAGS[arg.partition('=')[0]]}")
+    _exit_codes.clear()
+    start(PROG, "eval", _app, expand_shorthands(argv), check=check_eval_config)
+    return max(_exit_codes, default=0)
 
 
 if __name__ == "__main__":

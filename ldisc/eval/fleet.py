@@ -136,7 +136,9 @@ def run_serial(specs: list[RunSpec], store: ResultsStore, monitor: FleetMonitor,
 
 def init_ray(cfg: FleetConfig) -> bool:
     """Connect to ``cfg.address`` or start a local Ray on 127.0.0.1 (see ``ray_local``); True if this call started Ray."""
-    import ray
+    from ldisc.cli_errors import require
+
+    ray = require("ray", "eval")
 
     if ray.is_initialized():
         return False

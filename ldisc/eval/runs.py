@@ -10,9 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import socket
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -49,11 +47,19 @@ def _file_digest(path: Path) -> str:
 
 
 def resolve_checkpoint(entry: str) -> CheckpointRef:
-    """``random``, an encoder file (``.pt``/``.safetensors``), or a checkpoint dir holding ``encoder.pt``."""
+    """``random``, an encoder file (``.pt``/``.safetensors``), a checkpoint dir holding ``encoder.pt``, a
+    pretraining run dir (→ its latest checkpoint) or ``RUN_DIR/best`` / ``RUN_DIR/latest``; run dirs are
+    resolved by :mod:`ldisc.train.checkpoint`, the owner of that layout."""
+    from ldisc.train import checkpoint as ckpt
+
     entry = str(entry)
     if entry == RANDOM:
         return CheckpointRef(RANDOM, RANDOM, None, RANDOM, None)
     path = Path(entry).expanduser().resolve()
+    if path.name in ckpt.NAMES and not path.exists():          # RUN_DIR/best, RUN_DIR/latest
+        path = ckpt.resolve_checkpoint_spec(path).resolve()
+    elif path.is_dir() and ckpt.checkpoint_root(path).is_dir():  # a run dir: its latest complete checkpoint
+        path = ckpt.resolve_checkpoint(path, "latest").resolve()
     if path.is_dir():
         found = encoder_file(path)
         if found is None:
@@ -107,20 +113,10 @@ class RunSpec:
 
 
 def versions() -> dict[str, str]:
-    import ldisc
-    out = {"python": platform.python_version(), "torch": torch.__version__,
-           "ldisc": getattr(ldisc, "__version__", None) or _dist_version("ldisc")}
-    if "ray" in sys.modules:
-        out["ray"] = sys.modules["ray"].__version__
-    return out
+    """Versions of python, torch, ldisc (and deepspeed/ray where installed): one owner, ldisc.runrecord."""
+    from ldisc.runrecord import package_versions
 
-
-def _dist_version(name: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "unknown"
+    return {k: v for k, v in package_versions().items() if v is not None}
 
 
 def _now() -> datetime:

@@ -1,4 +1,4 @@
-"""Follow a pretraining run: evaluate each new checkpoint as it appears (``ldisc-eval --watch DIR``).
+"""Follow a pretraining run: evaluate each new checkpoint as it appears (``ldisc-eval mode=watch watch.dir=DIR``).
 
 The trainer renames ``<run_dir>/checkpoints/step_<N>/`` into place only when the save is complete
 (:mod:`ldisc.train.checkpoint` owns the layout), so a complete checkpoint holding ``encoder.pt`` is ready. Because the trainer prunes old

@@ -21,6 +21,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ldisc.cli_args import add_version
+
 from . import MASKS, MODALITIES, generate, sample_seed
 from ._common import MAX_SIZE, MIN_SIZE
 
@@ -45,10 +47,10 @@ def _bounded_int(low: int, high: int | None = None):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = add_version(argparse.ArgumentParser(
         prog="ldisc-synth",
         description="Generate synthetic fundus photographs or chest X-rays with masks and landmarks.",
-    )
+    ))
     parser.add_argument("--modality", required=True, choices=MODALITIES)
     parser.add_argument("--n", required=True, type=_bounded_int(1), help="number of images")
     parser.add_argument("--size", type=_bounded_int(MIN_SIZE, MAX_SIZE), default=512,

@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 import sys
 
-import hydra
 from omegaconf import DictConfig
 
 from ldisc.cli_errors import usage_error
-from ldisc.config import config_dir
+from ldisc.hydra_cli import start
 
 
 def _main(cfg: DictConfig) -> None:
@@ -35,26 +34,10 @@ def _main(cfg: DictConfig) -> None:
               f"log: {result.run_dir / 'losses.jsonl'}\ncurve: {result.run_dir / 'loss_curve.png'}", flush=True)
 
 
-def _precheck(argv: list[str]) -> None:
-    """Compose and check plain ``key=value`` overrides before Hydra starts: a bad key or value is one line and
-    exit status 2 here (Hydra itself would print a stack hint and exit 1). Hydra flags skip this."""
-    if any(a.startswith("-") or "=" not in a for a in argv):
-        return
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from ldisc.config import compose
+def main() -> None:
     from ldisc.train.validate import check_pretrain_config
 
-    try:
-        check_pretrain_config(compose("pretrain", argv))
-    except (HydraException, OmegaConfBaseException, ValueError) as err:
-        usage_error("ldisc-pretrain", err)
-
-
-def main() -> None:
-    _precheck(sys.argv[1:])
-    hydra.main(config_path=str(config_dir()), config_name="pretrain", version_base="1.3")(_main)()
+    start("ldisc-pretrain", "pretrain", _main, check=check_pretrain_config)
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
         from ldisc.train.env import hard_exit
         hard_exit(0)     # all ranks are done and the group is destroyed; skip gloo's exit-time teardown

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ldisc.dist import barrier
+from ldisc.cli_errors import require
 
 ENV_CONTRACT = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # glibc: keep freed large blocks instead of unmapping them. Read only at process start (mallopt later
@@ -40,7 +41,7 @@ def import_deepspeed():
     """Import DeepSpeed with the defaults above and without the shared-memory comm op build (~20 s
     on CPU; gloo needs none of it)."""
     deepspeed_env_defaults()
-    import deepspeed
+    deepspeed = require("deepspeed", "train")
 
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     return deepspeed

@@ -27,6 +27,7 @@ from ldisc.dist import barrier, broadcast_object, default_collective
 from ldisc.model import LDNet, load_stage1, save_encoder
 from ldisc.objectives.diagnostics import cluster_stats
 from ldisc.objectives.objective import LDObjective, ObjectiveConfig
+from ldisc.tracking import open_tracker
 from ldisc.train import checkpoint as ckpt
 from ldisc.train import faults
 from ldisc.train.ds_config import build_ds_config
@@ -66,6 +67,7 @@ class Trainer:
         self.metrics = TrainMetrics(self.rank, int(m.port), info.local_rank, str(m.get("addr", "127.0.0.1")))
         self.log = JsonlLog(self.run_dir / "losses.jsonl", enabled=self.rank == 0)
         self.samples_log = JsonlLog(self.run_dir / f"samples.rank{self.rank}.jsonl")
+        self.tracker = open_tracker(cfg, self.run_dir, self.rank)     # TensorBoard / MLflow, when configured
         self.ds_config = build_ds_config(cfg, info.world_size)
         if self.rank == 0:
             (self.run_dir / "ds_config.json").write_text(json.dumps(self.ds_config, indent=1))
@@ -277,6 +279,7 @@ class Trainer:
                               cluster_effective_count=round(stats.effective_count, 4))
             self.losses.append(record)
             self.log.append(record)
+            self.tracker.log_step(record)
             self.samples_log.append({"step": self.step, SAMPLE_IDS: sample_ids})
             bar.update(1)
             bar.set_postfix(stage=self.stage, **{k: f"{v:.3f}" for k, v in terms.items() if k != "discriminator"},
@@ -321,6 +324,7 @@ class Trainer:
             plot_losses(self.losses, self.run_dir / "loss_curve.png")
         time.sleep(float(self.cfg.metrics.get("linger_s", 0)))
         self.metrics.close()
+        self.tracker.close()
         enc = self.last_checkpoint / ckpt.ENCODER_FILE if self.last_checkpoint else None
         return PretrainResult(self.run_dir, enc, self.last_checkpoint, self.losses)
 

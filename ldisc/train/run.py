@@ -6,12 +6,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from ldisc.config import compose
 from ldisc.dist import broadcast_object
+from ldisc.runrecord import write_run_record
 from ldisc.train.env import init_distributed, shutdown, single_process_env
 from ldisc.train.loop import PretrainResult, Trainer
 from ldisc.train.validate import check_pretrain_config
 
 
-def run_pretraining(cfg: DictConfig) -> PretrainResult:
+def run_pretraining(cfg: DictConfig, overrides: list[str] | None = None) -> PretrainResult:
     """Run ``cfg`` in this process: one rank of a torchrun job, or a whole job of one rank.
 
     The env contract (RANK, WORLD_SIZE, …) comes from the launcher, or is set here for one process.
@@ -24,6 +25,8 @@ def run_pretraining(cfg: DictConfig) -> PretrainResult:
         info = init_distributed(str(cfg.engine.get("backend", "auto")))
         try:
             cfg = OmegaConf.merge(cfg, {"run_dir": broadcast_object(str(cfg.run_dir))})
+            if info.rank == 0:
+                write_run_record(cfg.run_dir, "ldisc-pretrain", cfg, overrides, info.world_size)
             return Trainer(cfg, info).run()
         finally:
             shutdown(info)
@@ -31,4 +34,4 @@ def run_pretraining(cfg: DictConfig) -> PretrainResult:
 
 def pretrain(overrides: list[str] | None = None) -> PretrainResult:
     """Python API: ``pretrain(["data.modality=xray", "train.stage1_steps=20", "run_dir=/tmp/r"])``."""
-    return run_pretraining(compose("pretrain", overrides))
+    return run_pretraining(compose("pretrain", overrides), list(overrides or []))
