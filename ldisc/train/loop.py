@@ -141,9 +141,10 @@ class Trainer:
         torch.save(full, directory / "model.pt")
         model = self._model(self.stage)
         model.load_state_dict(full)
-        save_encoder(model, directory / "encoder.pt")
+        header = {"step": self.step, "modality": str(self.cfg.data.get("modality", "fundus")), "cfg": self.cfg}
+        save_encoder(model, directory / "encoder.pt", **header)
         try:
-            save_encoder(model, directory / "encoder.safetensors")
+            save_encoder(model, directory / "encoder.safetensors", **header)
         except ImportError:
             pass
 
