@@ -23,6 +23,7 @@ from ldisc.cli_errors import usage_error
 from ldisc.config import config_dir
 from ldisc.eval.fleet import FleetConfig, FleetSummary, init_ray, plan_runs, run_fleet, run_serial
 from ldisc.eval.monitor import FleetMonitor
+from ldisc.metrics import run_name, textfile_name
 from ldisc.eval.protocol import ProtocolConfig
 from ldisc.eval.ray_local import stop_local_ray
 from ldisc.eval.report import landmark_table, markdown_table, summarise, win_lines, write_report
@@ -99,8 +100,11 @@ class Evaluator:
         self.serial = serial or fleet.mode == "serial"
         if fleet.mode not in ("ray", "serial"):
             raise ValueError(f"fleet.mode must be 'ray' or 'serial', got {fleet.mode!r}")
-        textfile = self.store.dir / "metrics.prom" if cfg.metrics.textfile else None
-        self.monitor = FleetMonitor(0, textfile, self.fleet_cfg.metrics_port, self.fleet_cfg.progress)
+        run = str(cfg.metrics.get("run") or run_name(self.store.dir))
+        textfiles = [self.store.dir / "metrics.prom"] if cfg.metrics.textfile else []
+        if cfg.metrics.get("textfile_dir"):
+            textfiles.append(Path(cfg.metrics.textfile_dir) / textfile_name("eval", run))
+        self.monitor = FleetMonitor(0, textfiles, self.fleet_cfg.metrics_port, self.fleet_cfg.progress, run=run)
         self.started_ray = False if self.serial else init_ray(self.fleet_cfg)
         self.total = FleetSummary()
 
@@ -118,6 +122,8 @@ class Evaluator:
             setattr(self.total, name, getattr(self.total, name) + getattr(summary, name))
         self.total.wall_s += summary.wall_s
         self.total.failures += summary.failures
+        if not summary.failed:
+            self.monitor.succeeded()
         return summary
 
     def close(self) -> None:
