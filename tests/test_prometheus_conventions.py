@@ -4,6 +4,7 @@ metrics`` where the Debian package ``prometheus`` is installed. Two runs' files 
 node-exporter textfile folder without a clash."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +15,7 @@ from ldisc.metrics import textfile_name
 from ldisc.objectives.diagnostics import ClusterStats
 from ldisc.train.metrics import TrainMetrics
 from sharding.metrics import IngestMetrics
-from tests._prom import lint, promtool, promtool_check, series, value
+from tests._prom import families, lint, promtool, promtool_check, series, value
 
 
 def _train(run: str, rank: int, folder: Path) -> Path:
@@ -129,3 +130,23 @@ def test_promtool_checks_every_textfile(textfiles):
     for path in textfiles:
         proc = promtool_check(path)
         assert proc.returncode == 0 and not proc.stdout.strip() and not proc.stderr.strip(), (path.name, proc)
+
+
+def test_readme_metrics_table_names_what_the_processes_export(textfiles):
+    """README "Metrics": the table lists exactly the exported names (``ldisc_cluster_*`` as a prefix)
+    and the textfile names the code writes."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Metrics\n", 1)[1].split("\n## ", 1)[0]
+    table = [line for line in section.splitlines() if line.startswith("| ")]
+    found = re.findall(r"\b(ldisc_[a-z_]+)(\*?)(?=[`{])", "\n".join(table[2:]))   # `name`, `name{…}`, `prefix_*`
+    listed, prefixes = {n for n, star in found if not star}, {n for n, star in found if star}
+    exported = {f.name + ("_total" if f.type == "counter" else "")
+                for p in textfiles for f in families(p.read_text())}
+    assert len(listed) >= 30 and prefixes == {"ldisc_cluster_"}
+    assert listed == {n for n in exported if not any(n.startswith(p) for p in prefixes)}
+    assert all(any(n.startswith(p) for n in exported) for p in prefixes)
+    assert (textfile_name("train", "RUN", 3), textfile_name("eval", "RUN")) == ("ldisc_train_RUN_rank3.prom",
+                                                                               "ldisc_eval_RUN.prom")
+    for name in ("ldisc_train_<run>_rank<R>.prom", "ldisc_eval_<run>.prom", "metrics.rank<R>.prom", "metrics.prom",
+                 "--metrics-file"):
+        assert name in section, name
