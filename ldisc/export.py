@@ -18,10 +18,9 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from ldisc.cli_errors import usage_error
-from ldisc.model.encoder import VGG16_BLOCKS
+
+# torch is imported where it is used: `ldisc-export --version` and --help stay instant
 
 TARGETS = ("smp", "timm", "torchvision-vgg")
 PROG = "ldisc-export"
@@ -32,6 +31,8 @@ EXPORT_KEYS = (*EXPORT_TEXT_KEYS, "vgg_cfg", "smp_params", "in_chans")
 
 def vgg_cfg(channels) -> list:
     """torchvision/timm layer list (``[16, 16, "M", 32, …]``) of a VGG16 with these block widths."""
+    from ldisc.model.encoder import VGG16_BLOCKS
+
     out: list = []
     for c, (_, n_convs) in zip(channels, VGG16_BLOCKS):
         out += [int(c)] * n_convs + ["M"]
@@ -40,6 +41,8 @@ def vgg_cfg(channels) -> list:
 
 def feature_names() -> dict[str, str]:
     """ldisc module prefix → ``features.<i>`` (``blocks.b.k.0`` conv, ``blocks.b.k.1`` BN)."""
+    from ldisc.model.encoder import VGG16_BLOCKS
+
     names, index = {}, 0
     for b, (_, n_convs) in enumerate(VGG16_BLOCKS):
         for k in range(n_convs):
@@ -50,9 +53,11 @@ def feature_names() -> dict[str, str]:
     return names
 
 
-def to_vgg_features(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def to_vgg_features(state: dict) -> dict:
     """ldisc encoder weights under the torchvision/timm/smp ``features.<i>`` names (a zero conv bias
     where the encoder has none: those libraries' VGG convolutions always carry one)."""
+    import torch
+
     names = feature_names()
     out = {}
     for key, value in state.items():
@@ -108,6 +113,8 @@ def resolve_source(spec: str | Path) -> Path:
 
 def export_encoder(source: str | Path, target: str, out: str | Path) -> tuple[Path, dict]:
     """Write the encoder of ``source`` for ``target``; returns the file and its metadata."""
+    import torch
+
     from ldisc.model.header import encoder_header
     from ldisc.model.ld import load_encoder
 
@@ -132,8 +139,10 @@ def export_encoder(source: str | Path, target: str, out: str | Path) -> tuple[Pa
     return out, meta
 
 
-def read_export(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+def read_export(path: str | Path) -> tuple[dict, dict]:
     """(weights, metadata) of an ``ldisc-export`` file (metadata values decoded from JSON)."""
+    import torch
+
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors import safe_open
