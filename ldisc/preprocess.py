@@ -172,9 +172,6 @@ def network_input(x: torch.Tensor, in_channels: int) -> torch.Tensor:
     :data:`ldisc.views.INPUT_NORMALIZATION` (the one owner, shared with pretraining): 3 channels are
     ImageNet-normalised (the authors' fundus input), 1 channel is the gray level as (x − 0.5)/0.5
     (the authors' X-ray input)."""
-    from ldisc.views import INPUT_NORMALIZATION, normalize, to_channels
+    from ldisc.views import modality_of_channels, normalize, to_channels
 
-    modality = next((m for m, (c, _, _) in INPUT_NORMALIZATION.items() if c == in_channels), None)
-    if modality is None:
-        raise ValueError(f"encoders take 1 or 3 input channels, this one takes {in_channels}")
-    return normalize(to_channels(x, in_channels), modality)
+    return normalize(to_channels(x, in_channels), modality_of_channels(in_channels))

@@ -15,6 +15,7 @@ PROGRAMS = {
     "ldisc-launch": "launcher.cli",
     "ldisc-localize": "ldisc.apps.localize_cli",
     "ldisc-segment": "ldisc.apps.segment_cli",
+    "ldisc-export": "ldisc.export",
 }
 
 
@@ -30,3 +31,4 @@ def evaluate(): return run("ldisc-eval")          # noqa: E704
 def launch(): return run("ldisc-launch")          # noqa: E704
 def localize(): return run("ldisc-localize")      # noqa: E704
 def segment(): return run("ldisc-segment")        # noqa: E704
+def export(): return run("ldisc-export")          # noqa: E704

@@ -81,6 +81,14 @@ def input_normalization(modality: str) -> tuple[int, tuple[float, ...], tuple[fl
     return INPUT_NORMALIZATION[modality]
 
 
+def modality_of_channels(in_channels: int) -> str:
+    """The modality whose network input has ``in_channels`` channels (3 → fundus, 1 → xray)."""
+    found = [m for m, (c, _, _) in INPUT_NORMALIZATION.items() if c == int(in_channels)]
+    if not found:
+        raise ValueError(f"encoders take 1 or 3 input channels, this one takes {in_channels}")
+    return found[0]
+
+
 def _uniform(gen: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=gen, dtype=torch.float64)
 

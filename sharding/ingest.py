@@ -142,15 +142,14 @@ def _process_all(opts: IngestOptions, secret: bytes, metrics: IngestMetrics, spo
         for item in results:
             bar.update(1)
             result.source_bytes += item.source_bytes
-            metrics.source_bytes.inc(item.source_bytes)
-            metrics.file_seconds.observe(item.seconds)
+            metrics.observe_input(item.seconds, item.source_bytes)
             if isinstance(item, Rejected):
                 result.quarantined[item.reason] = result.quarantined.get(item.reason, 0) + 1
-                metrics.quarantined.labels(item.reason).inc()
+                metrics.quarantine(item.reason)
                 report.write(json.dumps({"path": item.rel, "reason": item.reason, "detail": item.detail}) + "\n")
             elif item.sample_id in seen:
                 result.duplicates += 1
-                metrics.duplicates.labels(opts.site, opts.modality).inc()
+                metrics.duplicate()
             else:
                 seen.add(item.sample_id)
                 png, js = spool.add(item.png), spool.add(item.json)
@@ -228,6 +227,7 @@ def ingest(opts: IngestOptions, secret: bytes, metrics: IngestMetrics | None = N
     if opts.modality not in ("fundus", "xray"):
         raise ValueError(f"modality {opts.modality!r}: fundus or xray")
     metrics = metrics or IngestMetrics()
+    metrics.bind(opts.site, opts.modality, opts.dataset)
     store = open_store(opts.dataset)
     if isinstance(store, LocalStore):
         store.root.mkdir(parents=True, exist_ok=True)
@@ -251,18 +251,13 @@ def ingest(opts: IngestOptions, secret: bytes, metrics: IngestMetrics | None = N
             result.added = state["added"]
             result.duplicates += state["dup_existing"]
             result.shard_bytes, result.shards_written = state["shard_bytes"], state["shards"]
-            metrics.duplicates.labels(opts.site, opts.modality).inc(state["dup_existing"])
+            metrics.duplicate(state["dup_existing"])
         else:
             from ldisc.data.manifest import latest_version
             result.version = latest_version(store)
         spool.close()
     result.seconds = time.perf_counter() - t0
-    metrics.samples.labels(opts.site, opts.modality).inc(result.added)
-    metrics.shard_bytes.inc(result.shard_bytes)
-    metrics.shards.inc(result.shards_written)
-    metrics.run_seconds.set(result.seconds)
-    metrics.version.set(result.version)
-    metrics.throughput.set(result.inputs / max(result.seconds, 1e-9))
+    metrics.finish(result)
     return result
 
 

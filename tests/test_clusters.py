@@ -96,8 +96,8 @@ def test_stage2_run_logs_exports_and_draws_clusters(tmp_path):
         assert {"vessel", "disc"} <= set(r["dice"]) and all(0 <= d <= 1 for d in r["dice"].values())
     assert Image.open(run / "clusters" / "step_0000003.png").size == (6 * 32, 2 * 32)
     prom = (run / "metrics.rank0.prom").read_text()
-    for name in ("ldisc_cluster_crispness", "ldisc_cluster_effective_count", 'cluster="3"',
-                 'ldisc_cluster_best_match_dice{rank="0",structure="vessel"}'):
+    for name in ("ldisc_cluster_crispness", "ldisc_cluster_effective_number", 'cluster="3"',
+                 'ldisc_cluster_best_match_dice{rank="0",run="run",structure="vessel"}'):
         assert name in prom
     losses = [json.loads(x) for x in (run / "losses.jsonl").read_text().splitlines()]
     assert "cluster_crispness" not in losses[0] and math.isfinite(losses[-1]["cluster_crispness"])

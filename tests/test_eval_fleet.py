@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ldisc.eval.monitor import FleetMonitor
+from tests._prom import lint, series, value
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL = [sys.executable, "-m", "ldisc.eval.cli"]
@@ -27,9 +27,10 @@ def _env() -> dict:
 
 
 def _metrics(out: Path) -> dict[str, float]:
+    """Final outcomes (``ldisc_eval_runs_total`` by status) and, apart, ``retries``."""
     text = (out / "metrics.prom").read_text()
-    return {m.group(1): float(m.group(2)) for m in re.finditer(r'^ldisc_eval_runs_total\{status="(\w+)"\} (\S+)$',
-                                                                  text, re.M)}
+    found = {s: value(text, "ldisc_eval_runs_total", run=out.name, status=s) for s in ("done", "failed", "skipped")}
+    return found | {"retries": value(text, "ldisc_eval_run_retries_total", run=out.name)}
 
 
 def _rows(out: Path) -> list[dict]:
@@ -74,8 +75,10 @@ def test_fleet_survives_a_killed_worker_and_reruns_nothing(tmp_path):
         assert [h["phase"] for h in json.loads(r["history"])] == ["scratch", "scratch"]
         assert r["wall_s"] > 0 and r["host"] and json.loads(r["versions"])["ray"]
         assert len(list((out / "overlays" / r["run_id"]).glob("*.png"))) == 2
-    assert _metrics(out) == {"done": 6.0, "failed": 0.0, "retried": 1.0, "skipped": 0.0}
-    assert "ldisc_eval_run_seconds_count 6.0" in (out / "metrics.prom").read_text()
+    assert _metrics(out) == {"done": 6.0, "failed": 0.0, "skipped": 0.0, "retries": 1.0}
+    text = (out / "metrics.prom").read_text()
+    assert value(text, "ldisc_eval_run_duration_seconds_count") == 6
+    assert value(text, "ldisc_eval_last_success_timestamp_seconds") > 1.7e9 and lint(text) == []
     assert "6 runs planned, 0 already done, 6 done, 0 failed, 1 retried" in stdout
     assert (out / "report" / "report.md").is_file() and (out / "report" / "dice.png").is_file()
     print(f"\nfleet of 6 runs with one killed worker: {wall:.1f} s")
@@ -102,7 +105,9 @@ def test_failing_runs_are_retried_then_recorded_and_retried_on_rerun(tmp_path):
     failed = rows[failing]
     assert failed["status"] == "failed" and failed["attempt"] == 2 and "injected failure" in failed["error"]
     assert failed["dice_mean"] is None and f"failed: random {failing} frozen" in first.stderr
-    assert _metrics(out) == {"done": 1.0, "failed": 1.0, "retried": 1.0, "skipped": 0.0}
+    assert _metrics(out) == {"done": 1.0, "failed": 1.0, "skipped": 0.0, "retries": 1.0}
+    # a fleet with a failed run is no success: the timestamp stays unset
+    assert "ldisc_eval_last_success_timestamp_seconds" not in {n for n, _ in series((out / "metrics.prom").read_text())}
 
     second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 1
@@ -134,10 +139,14 @@ def test_monitor_serves_prometheus_metrics_and_writes_the_textfile(tmp_path):
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     finally:
         mon.close()
-    for line in ('ldisc_eval_runs_total{status="done"} 1.0', 'ldisc_eval_runs_total{status="skipped"} 1.0',
-                 'ldisc_eval_runs_total{status="retried"} 1.0', "ldisc_eval_runs_running 0.0",
-                 "ldisc_eval_run_seconds_count 1.0", "ldisc_eval_run_seconds_sum 4.0"):
+    for line in ('ldisc_eval_runs_total{run="ldisc-eval",status="done"} 1.0',
+                 'ldisc_eval_runs_total{run="ldisc-eval",status="skipped"} 1.0',
+                 'ldisc_eval_runs_total{run="ldisc-eval",status="failed"} 0.0',
+                 'ldisc_eval_run_retries_total{run="ldisc-eval"} 1.0', 'ldisc_eval_runs_running{run="ldisc-eval"} 0.0',
+                 'ldisc_eval_run_duration_seconds_count{run="ldisc-eval"} 1.0',
+                 'ldisc_eval_run_duration_seconds_sum{run="ldisc-eval"} 4.0'):
         assert line in body and line in (tmp_path / "metrics.prom").read_text()
+    assert "_created" not in body and 'status="retried"' not in body
 
 
 def test_protocol_shorthand_and_watch_mode_compose_like_the_long_spelling(tmp_path):

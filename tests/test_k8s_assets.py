@@ -58,9 +58,11 @@ def test_rbac_is_least_privilege():
 def test_dashboard_and_alerts_cover_the_asked_signals():
     exprs = " ".join(t["expr"] for p in json.loads((K8S / "grafana-dashboard.json").read_text())["panels"]
                      for t in p["targets"])
-    for name in ("ldisc_train_step_seconds", "ldisc_train_images", "ldisc_train_loss", "ldisc_train_data_wait_seconds",
-                 "ldisc_train_bank_fill_ratio", "ldisc_shard_quarantined", "ldisc_eval_runs"):
+    for name in ("ldisc_train_step_duration_seconds", "rate(ldisc_train_images_total", "ldisc_train_loss",
+                 "ldisc_train_data_wait_duration_seconds", "ldisc_train_bank_fill_ratio", "ldisc_shard_quarantined",
+                 "ldisc_eval_runs", "ldisc_eval_run_retries_total", "ldisc_train_last_success_timestamp_seconds"):
         assert name in exprs
+    assert "per_second" not in exprs
     rule = yaml.safe_load((K8S / "prometheusrule.yaml").read_text())
     alerts = {r["alert"]: r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]}
     assert "increase(ldisc_train_steps_total" in alerts["LdiscTrainingStalled"]

@@ -18,6 +18,7 @@ from ldisc.data.manifest import latest_version
 from ldisc.data.store import open_store
 from ldisc.train.checkpoint import list_checkpoints
 from tests._data_fixtures import SECRET, fundus_image, write_image
+from tests._prom import lint, promtool, promtool_check, value
 from tests.test_train import TINY, cli_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,7 +90,7 @@ def test_ingest_lands_a_manifest_version_and_reingest_adds_nothing(ingest_run):
     assert "inputs 4  added 0  duplicates 3  quarantined 1  -> manifest version 1" in ingest_run["again"]
     assert latest_version(store) == 1
     text = ingest_run["metrics"].read_text()        # written by the second run
-    assert re.search(r'^ldisc_shard_duplicates_total\{modality="fundus",site="h7"\} 3\.0$', text, re.M), text
+    assert value(text, "ldisc_shard_duplicates_total", run="dataset-h7", site="h7", modality="fundus") == 3
 
 
 def test_eval_writes_the_results_table(eval_run):
@@ -105,6 +106,17 @@ def _exported(paths: list[Path]) -> set[str]:
             if line and not line.startswith("#"):
                 names.add(re.match(r"[a-zA-Z_:][a-zA-Z0-9_:]*", line).group(0))
     return names
+
+
+def test_real_textfiles_follow_the_prometheus_conventions(pretrain_run, ingest_run, eval_run):
+    """Every textfile the three real runs wrote: the pure-Python lint, and promtool where installed."""
+    files = [*sorted(pretrain_run.glob("metrics.rank*.prom")), ingest_run["metrics"], eval_run / "metrics.prom"]
+    assert len(files) == 4
+    for path in files:
+        assert lint(path.read_text()) == [], (path, lint(path.read_text()))
+        if promtool():
+            proc = promtool_check(path)
+            assert proc.returncode == 0 and not (proc.stdout + proc.stderr).strip(), (path, proc)
 
 
 def test_every_dashboard_and_alert_metric_is_exported_by_a_real_run(pretrain_run, ingest_run, eval_run):

@@ -15,6 +15,7 @@ from PIL import Image
 from _data_fixtures import (PHI, REALDATA, SECRET, cli_env, fundus_image, gray_image, make_corrupt_corpus,
                             read_dataset_bytes, run_cli, write_dicom, write_image)
 from ldisc.data import read_manifest, open_store
+from tests._prom import lint, value
 from ldisc.data.samples import SampleReader, SampleTable
 
 needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason=f"real images not found at {REALDATA}")
@@ -152,8 +153,11 @@ def test_corrupt_corpus_quarantined_and_good_files_ingested_once(tmp_path):
         n = sum(1 for r in bad.values() if r == reason)
         assert f"quarantined {reason}: {n}" in out.stdout
     metrics = (tmp_path / "m1.prom").read_text()
-    assert f'ldisc_shard_samples_total{{modality="xray",site="s"}} {float(len(good))}' in metrics
-    assert 'ldisc_shard_quarantined_total{reason="corrupt_image"} 2.0' in metrics
+    labels = {"run": "ds-s", "site": "s", "modality": "xray"}       # run: <dataset folder>-<site>
+    assert value(metrics, "ldisc_shard_samples_total", **labels) == len(good)
+    assert value(metrics, "ldisc_shard_inputs_total", **labels) == len(good) + len(bad)
+    assert value(metrics, "ldisc_shard_quarantined_total", reason="corrupt_image", **labels) == 2
+    assert lint(metrics) == []
     # explicit file list with traversal and absolute paths; good files again are duplicates
     listing = tmp_path / "list.txt"
     listing.write_text("\n".join(["../outside/secret.png", str((tmp_path / "outside/secret.png").resolve()),

@@ -97,6 +97,9 @@ def test_run_writes_checkpoints_logs_and_exports(reference):
         enc = ldisc.load_encoder(path)
         for k, v in enc.state_dict().items():
             assert torch.equal(v, full[f"encoder.{k}"]), (path, k)
+        # the self-describing header: this checkpoint's step, the fundus input contract, the config digest
+        assert (enc.header.step, enc.header.modality, enc.header.in_channels) == (5, "fundus", 3), enc.header
+        assert len(enc.header.config_digest) == 16 and enc.header.ldisc_version == ldisc.__version__
 
 
 def test_resume_auto_is_bitwise_exact(reference, tmp_path):

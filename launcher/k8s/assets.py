@@ -21,6 +21,7 @@ from .common import APP, meta, rbac_objects, yaml_stream
 from .pretrain import cluster_training_runtime
 
 STALL_MINUTES = 15
+INGEST_STALE_HOURS = 48      # a scheduled (CronJob) ingest is expected at least this often
 
 ALERTS = [
     ("LdiscTrainingStalled", f"sum by (namespace, pod) (increase(ldisc_train_steps_total[{STALL_MINUTES}m])) == 0",
@@ -29,34 +30,45 @@ ALERTS = [
      "1m", "critical", "A loss term of {{ $labels.pod }} is NaN"),
     ("LdiscTrainingRestarted", "sum by (namespace, pod) (resets(ldisc_train_steps_total[30m])) > 0",
      "0m", "warning", "Training process on {{ $labels.pod }} restarted (step counter reset) in the last 30 minutes"),
-    ("LdiscEvalRunsFailing", "sum by (namespace) (increase(ldisc_eval_runs_total{status=\"failed\"}[30m])) > 0",
-     "0m", "warning", "Evaluation runs failed in the last 30 minutes"),
-    ("LdiscIngestQuarantine", "sum by (namespace, reason) (increase(ldisc_shard_quarantined_total[1h])) > 100",
-     "0m", "warning", "More than 100 inputs quarantined ({{ $labels.reason }}) by ingestion in an hour"),
+    ("LdiscEvalRunsFailing", "sum by (namespace, run) (increase(ldisc_eval_runs_total{status=\"failed\"}[30m])) > 0",
+     "0m", "warning", "Evaluation runs of {{ $labels.run }} failed in the last 30 minutes"),
+    ("LdiscIngestQuarantine", "sum by (namespace, site, reason) (increase(ldisc_shard_quarantined_total[1h])) > 100",
+     "0m", "warning", "More than 100 inputs of site {{ $labels.site }} quarantined ({{ $labels.reason }}) in an hour"),
+    ("LdiscIngestNotSucceeding", f"time() - max by (namespace, site) (ldisc_shard_last_success_timestamp_seconds) "
+     f"> {INGEST_STALE_HOURS} * 3600", "0m", "warning",
+     f"No ingest of site {{{{ $labels.site }}}} has ended well in {INGEST_STALE_HOURS} hours"),
 ]
 
 PANELS = [  # (title, unit, [(PromQL, legend)])
     ("Step time (p50 / p95)", "s", [
-        ("histogram_quantile(0.5, sum by (le) (rate(ldisc_train_step_seconds_bucket[5m])))", "p50"),
-        ("histogram_quantile(0.95, sum by (le) (rate(ldisc_train_step_seconds_bucket[5m])))", "p95")]),
-    ("Images / s", "none", [("sum(rate(ldisc_train_images_total[5m]))", "all ranks"),
-                            ("ldisc_train_images_per_second", "rank {{rank}}")]),
+        ("histogram_quantile(0.5, sum by (le) (rate(ldisc_train_step_duration_seconds_bucket[5m])))", "p50"),
+        ("histogram_quantile(0.95, sum by (le) (rate(ldisc_train_step_duration_seconds_bucket[5m])))", "p95")]),
+    ("Images / s", "none", [("sum by (run) (rate(ldisc_train_images_total[5m]))", "{{run}}: all ranks"),
+                            ("rate(ldisc_train_images_total[5m])", "{{run}} rank {{rank}}")]),
     ("Losses", "none", [("avg by (term) (ldisc_train_loss)", "{{term}}")]),
     ("Data wait (share of step time)", "percentunit", [
-        ("sum(rate(ldisc_train_data_wait_seconds_sum[5m])) / sum(rate(ldisc_train_step_seconds_sum[5m]))", "wait")]),
+        ("sum by (run) (rate(ldisc_train_data_wait_duration_seconds_sum[5m])) / "
+         "sum by (run) (rate(ldisc_train_step_duration_seconds_sum[5m]))", "{{run}}")]),
     ("Memory-bank fill", "percentunit", [("avg(ldisc_train_bank_fill_ratio)", "fill")]),
-    ("Stage / newest checkpoint", "none", [("max(ldisc_train_stage)", "stage"),
-                                           ("max(ldisc_train_checkpoint_step)", "checkpoint step")]),
+    ("Step / newest checkpoint", "none", [("max by (run) (ldisc_train_step)", "{{run}}: step"),
+                                          ("max by (run) (ldisc_train_checkpoint_step)", "{{run}}: checkpoint step"),
+                                          ("max by (run) (ldisc_train_stage)", "{{run}}: stage")]),
     ("Resident memory", "bytes", [("ldisc_process_resident_memory_bytes", "rank {{rank}}")]),
     ("Ingest: samples, duplicates, corrupt", "none", [
+        ("sum(increase(ldisc_shard_inputs_total[1h]))", "inputs"),
         ("sum(increase(ldisc_shard_samples_total[1h]))", "samples"),
         ("sum(increase(ldisc_shard_duplicates_total[1h]))", "duplicates"),
         ("sum by (reason) (increase(ldisc_shard_quarantined_total[1h]))", "corrupt: {{reason}}")]),
     ("Ingest: manifest version", "none", [("max(ldisc_shard_manifest_version)", "version")]),
     ("Eval progress", "none", [("sum by (status) (ldisc_eval_runs_total)", "{{status}}"),
+                               ("sum(ldisc_eval_run_retries_total)", "retries"),
                                ("sum(ldisc_eval_runs_running)", "running")]),
     ("Eval run time (p50)", "s", [
-        ("histogram_quantile(0.5, sum by (le) (rate(ldisc_eval_run_seconds_bucket[30m])))", "p50")]),
+        ("histogram_quantile(0.5, sum by (le) (rate(ldisc_eval_run_duration_seconds_bucket[30m])))", "p50")]),
+    ("Time since last success", "s", [
+        ("time() - max by (run) (ldisc_train_last_success_timestamp_seconds)", "train {{run}}"),
+        ("time() - max by (run) (ldisc_eval_last_success_timestamp_seconds)", "eval {{run}}"),
+        ("time() - max by (run) (ldisc_shard_last_success_timestamp_seconds)", "ingest {{run}}")]),
 ]
 
 

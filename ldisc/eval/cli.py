@@ -25,6 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ldisc.cli_errors import usage_error
 from ldisc.config import compose, config_dir
+from ldisc.metrics import run_name, textfile_name
+
 if TYPE_CHECKING:       # the fleet imports torch and Ray: only when a run starts (--cfg, --help stay quick)
     from ldisc.eval.fleet import FleetSummary
     from ldisc.eval.protocol import ProtocolConfig
@@ -105,8 +107,13 @@ class Evaluator:
                                      progress=bool(fleet.progress), metrics_port=cfg.metrics.port,
                                      auth=bool(cfg.ray.get("auth", True)))
         self.serial = serial or fleet.mode == "serial"
-        textfile = self.store.dir / "metrics.prom" if cfg.metrics.textfile else None
-        self.monitor = FleetMonitor(0, textfile, self.fleet_cfg.metrics_port, self.fleet_cfg.progress)
+        if fleet.mode not in ("ray", "serial"):
+            raise ValueError(f"fleet.mode must be 'ray' or 'serial', got {fleet.mode!r}")
+        run = str(cfg.metrics.get("run") or run_name(self.store.dir))
+        textfiles = [self.store.dir / "metrics.prom"] if cfg.metrics.textfile else []
+        if cfg.metrics.get("textfile_dir"):
+            textfiles.append(Path(cfg.metrics.textfile_dir) / textfile_name("eval", run))
+        self.monitor = FleetMonitor(0, textfiles, self.fleet_cfg.metrics_port, self.fleet_cfg.progress, run=run)
         self.started_ray = False if self.serial else init_ray(self.fleet_cfg)
         self.total = FleetSummary()
 
@@ -126,6 +133,8 @@ class Evaluator:
             setattr(self.total, name, getattr(self.total, name) + getattr(summary, name))
         self.total.wall_s += summary.wall_s
         self.total.failures += summary.failures
+        if not summary.failed:
+            self.monitor.succeeded()
         return summary
 
     def close(self) -> None:

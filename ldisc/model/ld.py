@@ -9,6 +9,7 @@ from torch import nn
 
 from ldisc.model.decoder import ClusterHead, EmbeddingHead, UNetDecoder
 from ldisc.model.encoder import VGGEncoder
+from ldisc.model.header import FORMAT, EncoderHeader, encoder_header
 
 
 FIRST_CONV = "blocks.0.0.0"   # the encoder's first convolution (its weight says the input channels)
@@ -59,40 +60,55 @@ def encoder_state(model: LDNet) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.encoder.state_dict().items()}
 
 
+def read_encoder_file(path: str | Path) -> tuple[dict[str, torch.Tensor], EncoderHeader | None, dict]:
+    """(weights, header or None for files written before headers, whatever else the file recorded)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+        state = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            meta = dict(f.metadata() or {})
+        header = EncoderHeader.from_metadata(meta) if meta.get("format") == FORMAT else None
+        return state, header, meta
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or "encoder" not in blob:
+        raise ValueError(f"{path}: not an ldisc encoder file (no 'encoder' weights)")
+    header = EncoderHeader.from_dict(blob["header"]) if isinstance(blob.get("header"), dict) else None
+    return blob["encoder"], header, {k: v for k, v in blob.items() if k != "encoder"}
+
+
 def load_encoder(path: str | Path, width: str | None = None) -> VGGEncoder:
     """Build a :class:`VGGEncoder` from an exported encoder file (``.pt`` or ``.safetensors``).
 
-    The width is read from the file's metadata unless given; the input channels and the conv bias
-    from the weights themselves (so files written before they were recorded load too).
+    The width is read from the file's header unless given; the input channels and the conv bias
+    from the weights themselves (so files written before headers existed load too). The header
+    (:class:`~ldisc.model.header.EncoderHeader`, or None for such old files) is ``encoder.header``.
     """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        from safetensors import safe_open
-        state = load_file(str(path))
-        with safe_open(str(path), "pt") as f:
-            width = width or (f.metadata() or {}).get("width")
-    else:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        state, width = blob["encoder"], width or blob.get("width")
+    state, header, recorded = read_encoder_file(path)
+    width = width or (header.width if header else recorded.get("width"))
     if width is None:
         raise ValueError(f"{path}: no encoder width recorded; pass width=")
     first = state[FIRST_CONV + ".weight"]
     enc = VGGEncoder(width, in_channels=int(first.shape[1]), bias=FIRST_CONV + ".bias" in state, init="torch")
     enc.load_state_dict(state)
+    enc.header = header
     return enc
 
 
-def save_encoder(model: LDNet, path: str | Path) -> Path:
-    """Export the encoder alone: ``.pt`` (``{"encoder": state, "width": w, "in_channels": c}``) or
-    ``.safetensors`` (the same two in its metadata)."""
+def save_encoder(model: LDNet, path: str | Path, step: int | None = None, modality: str | None = None,
+                 cfg=None) -> Path:
+    """Export the encoder alone with its header (:mod:`ldisc.model.header`): ``.pt``
+    (``{"encoder": state, "header": {...}, "width": w, "in_channels": c}``) or ``.safetensors``
+    (the header as its metadata). ``cfg``: the resolved pretraining config (its digest is recorded)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = encoder_state(model)
-    meta = {"width": model.encoder.width, "in_channels": model.encoder.in_channels}
+    header = encoder_header(model.encoder, step=step, modality=modality, cfg=cfg)
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={k: str(v) for k, v in meta.items()})
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=header.to_metadata())
     else:
-        torch.save({"encoder": state, **meta}, path)
+        torch.save({"encoder": state, "header": header.to_dict(), "width": header.width,
+                    "in_channels": header.in_channels}, path)
     return path

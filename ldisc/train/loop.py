@@ -33,7 +33,8 @@ from ldisc.train import faults
 from ldisc.train.ds_config import build_ds_config
 from ldisc.train.engine import Engine
 from ldisc.train.clusters import ClusterProbe
-from ldisc.train.env import DistInfo
+from ldisc.train.env import DistInfo, barrier, broadcast_object
+from ldisc.metrics import run_name, textfile_name
 from ldisc.train.metrics import TrainMetrics
 from ldisc.train.rng import rng_state, set_rng_state
 from ldisc.train.runlog import JsonlLog, plot_losses
@@ -64,7 +65,8 @@ class Trainer:
         self.bank = build_bank(cfg.bank, self.collective, int(cfg.model.embed_dim), info.device)
         self.key_encoder = None
         m = cfg.metrics
-        self.metrics = TrainMetrics(self.rank, int(m.port), info.local_rank, str(m.get("addr", "127.0.0.1")))
+        self.metrics = TrainMetrics(self.rank, int(m.port), info.local_rank, str(m.get("addr", "127.0.0.1")),
+                                    run=str(m.get("run") or run_name(self.run_dir)))
         self.log = JsonlLog(self.run_dir / "losses.jsonl", enabled=self.rank == 0)
         self.samples_log = JsonlLog(self.run_dir / f"samples.rank{self.rank}.jsonl")
         self.tracker = open_tracker(cfg, self.run_dir, self.rank)     # TensorBoard / MLflow, when configured
@@ -144,8 +146,9 @@ class Trainer:
         torch.save(full, directory / ckpt.MODEL_FILE)
         model = self._model(self.stage)
         model.load_state_dict(full)
+        header = {"step": self.step, "modality": str(self.cfg.data.get("modality", "fundus")), "cfg": self.cfg}
         for name in ckpt.ENCODER_FILES:
-            save_encoder(model, directory / name)
+            save_encoder(model, directory / name, **header)
 
     def _restore(self, path: Path) -> None:
         """Collective: continue exactly from checkpoint ``path``."""
@@ -263,7 +266,7 @@ class Trainer:
             self.step += 1
             seconds = time.perf_counter() - t0
             local = {k: float(v) / micro for k, v in terms_sum.items()}
-            self.metrics.observe_step(seconds, wait, images, local, self.stage)
+            self.metrics.observe_step(seconds, wait, images, local, self.stage, self.step)
             self.metrics.set_bank_fill(self.bank.fill_ratio)
             terms = self._global_mean(terms_sum, micro)
             at_checkpoint = self.step % int(t.checkpoint_every) == 0 or self.step == until
@@ -319,7 +322,10 @@ class Trainer:
                 self._setup_stage(2, self._stage1_state(t.init_from))
             self._train_steps(total, bar)
         bar.close()
+        self.metrics.mark_success()
         self.metrics.write(self.run_dir / f"metrics.rank{self.rank}.prom")
+        if self.cfg.metrics.get("textfile_dir"):      # a node-exporter folder: one file per run and rank
+            self.metrics.write(Path(self.cfg.metrics.textfile_dir) / textfile_name("train", self.metrics.run, self.rank))
         if self.rank == 0:
             plot_losses(self.losses, self.run_dir / "loss_curve.png")
         time.sleep(float(self.cfg.metrics.get("linger_s", 0)))

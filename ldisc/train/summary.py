@@ -8,7 +8,7 @@ import statistics
 import sys
 from pathlib import Path
 
-_RSS = re.compile(r'^ldisc_process_max_resident_memory_bytes\{rank="(\d+)"\} (\S+)$', re.M)
+_RSS = re.compile(r'^ldisc_process_max_resident_memory_bytes\{[^}]*\brank="(\d+)"[^}]*\} (\S+)$', re.M)
 
 
 def run_summary(run_dir: str | Path, skip: int = 2) -> dict:
