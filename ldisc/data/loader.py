@@ -123,9 +123,13 @@ class StreamLoader:
 
         from ldisc.views import view_config
 
+        from ldisc.views_batch import check_views_device
+
         d = cfg.data
         weights = OmegaConf.to_container(d.weights) if d.get("weights") else None
+        on_device = check_views_device(str(d.get("views_device", "loader"))) == "accelerator" and split == "train"
         return cls(str(d.dataset), int(cfg.train.batch_size), seed=int(cfg.seed), version=d.get("version", "latest"),
+                   output="decoded" if on_device else "views",
                    weights=weights, epoch_samples=d.get("epoch_samples"), shuffle_window=int(d.shuffle_window),
                    num_workers=int(d.num_workers) if split == "train" else 0, world_size=world_size, rank=rank,
                    view_config=view_config(cfg), prefetch_factor=int(d.prefetch_factor),

@@ -23,7 +23,7 @@ from . import order as order_mod
 from .samples import SampleReader, SampleTable
 from .store import open_store
 
-OUTPUTS = ("views", "images", "ids")
+OUTPUTS = ("views", "images", "ids", "decoded")
 
 
 @dataclass
@@ -48,17 +48,23 @@ class EpochPlan:
         return len(self.order) - self.start - self.n_steps * self.world_size * self.per_rank
 
 
+def pair_seed(seed: int, epoch: int, position: int) -> int:
+    """The seed of the views of the pair starting at global ``position`` (< 2**63)."""
+    state = np.random.SeedSequence([int(seed), int(epoch), int(position), 0x71E4]).generate_state(2, np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
 def pair_generator(seed: int, epoch: int, position: int) -> torch.Generator:
     """The torch generator of the views of the pair starting at global ``position``."""
-    state = np.random.SeedSequence([int(seed), int(epoch), int(position), 0x71E4]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+    return torch.Generator().manual_seed(pair_seed(seed, epoch, position))
 
 
 class LDStream(IterableDataset):
     """One rank's batches for an :class:`EpochPlan`; shards its steps over loader workers.
 
     ``output``: 'views' (LD view tensors, see ``ldisc.views``), 'images' (decoded PIL
-    images), or 'ids' (metadata only, nothing read). Every batch carries ``positions``
+    images), 'decoded' (uint8 images and one view seed per pair, for views made on the training
+    device: ``ldisc.views_batch``) or 'ids' (metadata only, nothing read). Every batch carries ``positions``
     (int64 global positions in the epoch order), ``sample_ids``, ``step``, ``epoch``,
     ``version`` and ``corrupt`` (images replaced in this batch; when > 0, ``bad_shards`` names the shard of
     each replaced image).
@@ -118,6 +124,10 @@ class LDStream(IterableDataset):
                                  for row, ok in zip(rows, self._decoded) if not ok]
         if self.output == "images":
             out["images"] = images
+        elif self.output == "decoded":     # data.views_device=accelerator: views made by the trainer
+            from ldisc.views_batch import decoded_batch
+
+            out.update(decoded_batch(images, [pair_seed(self.seed, p.epoch, int(q)) for q in positions[0::2]]))
         else:
             out.update(self._views(images, positions))
         return out

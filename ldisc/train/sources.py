@@ -57,4 +57,8 @@ def _shard_source(cfg: DictConfig, info: DistInfo, split: str = "train"):
                          f"checkout ({err})") from err
     loader = StreamLoader.from_config(cfg, rank=info.rank, world_size=info.world_size, split=split)
     loader.plan()              # a missing dataset or shard object stops the job here, before any step
+    if loader.output == "decoded":         # data.views_device=accelerator: views on the training device
+        from ldisc.views_batch import DeviceViews
+
+        return DeviceViews(loader, view_config(cfg), info.device)
     return loader
