@@ -29,6 +29,7 @@ import torch
 from . import order as order_mod
 from .manifest import latest_version, read_manifest
 from .samples import SampleTable
+from .shard_cache import CacheSpec, checksums_of
 from .store import open_store
 from .stream import EpochPlan, LDStream
 
@@ -80,6 +81,9 @@ class StreamLoader:
         max_bad_fraction: stop with :class:`BadDataError` once more than this share of the rank's
             samples of an epoch had to be replaced (None: never stop; replacements are still
             counted and logged with their shard).
+        cache_dir, cache_limit_gb, cache_prefetch: with ``cache_dir``, a remote dataset is read as whole
+            shards downloaded ahead of use into a bounded local cache (``ldisc.data.shard_cache``);
+            without, each sample is one ranged GET.
     """
 
     def __init__(self, dataset: str, batch_size: int, *, seed: int = 0, version: int | str = "latest",
@@ -87,7 +91,8 @@ class StreamLoader:
                  shuffle_window: int = 2048, num_workers: int = 0, world_size: int | None = None,
                  rank: int | None = None, output: str = "views", view_config: Any = None,
                  prefetch_factor: int = 2, endpoint_url: str | None = None, holdout: float = 0.0,
-                 split: str = "all", max_bad_fraction: float | None = 0.01):
+                 split: str = "all", max_bad_fraction: float | None = 0.01, cache_dir: str | None = None,
+                 cache_limit_gb: float = 20.0, cache_prefetch: int = 2):
         dist_world, dist_rank = _dist_world()
         self.world_size = world_size if world_size is not None else dist_world
         self.rank = rank if rank is not None else dist_rank
@@ -113,6 +118,8 @@ class StreamLoader:
         self.max_bad_fraction = max_bad_fraction
         self.epoch_bad: Counter = Counter()  # replaced samples of the current epoch, by shard
         self._checked_versions: set[int] = set()
+        self.cache_dir, self.cache_limit_gb, self.cache_prefetch = cache_dir, float(cache_limit_gb), int(cache_prefetch)
+        self.shard_cache_stats: Counter = Counter()     # shard-cache events of all workers (CACHE_EVENTS)
 
     @classmethod
     def from_config(cls, cfg, rank: int | None = None, world_size: int | None = None,
@@ -134,7 +141,8 @@ class StreamLoader:
                    num_workers=int(d.num_workers) if split == "train" else 0, world_size=world_size, rank=rank,
                    view_config=view_config(cfg), prefetch_factor=int(d.prefetch_factor),
                    endpoint_url=d.get("endpoint_url"), holdout=float(cfg.train.get("val_fraction", 0) or 0),
-                   split=split, max_bad_fraction=d.get("max_bad_fraction", 0.01))
+                   split=split, max_bad_fraction=d.get("max_bad_fraction", 0.01), cache_dir=d.get("cache_dir"),
+                   cache_limit_gb=float(d.get("cache_limit_gb", 20)), cache_prefetch=int(d.get("cache_prefetch", 2)))
 
     def next_batch(self) -> dict:
         """The next batch of the endless stream (epochs follow each other); the trainer's interface."""
@@ -240,8 +248,13 @@ class StreamLoader:
 
     def stream(self, plan: EpochPlan) -> LDStream:
         size = getattr(self.view_config, "size", 512)
+        cache = None
+        if self.cache_dir:                 # whole shards of a remote store in a local cache (shard_cache)
+            cache = CacheSpec(str(self.cache_dir), int(self.cache_limit_gb * 1e9), self.cache_prefetch,
+                              checksums_of(read_manifest(self.store, plan.version)))
         return LDStream(self.dataset, self._table(plan.version), plan, seed=self.seed, output=self.output,
-                        view_config=self.view_config, endpoint_url=self.endpoint_url, fallback_size=size)
+                        view_config=self.view_config, endpoint_url=self.endpoint_url, fallback_size=size,
+                        cache=cache)
 
     # -- iteration --------------------------------------------------------------------
     def __iter__(self):
@@ -261,6 +274,7 @@ class StreamLoader:
             expected += 1
             self.consumed += self.world_size * self.per_rank
             self.corrupt_samples += int(batch["corrupt"])
+            self.shard_cache_stats.update(batch.get("shard_cache") or {})
             if batch["corrupt"]:
                 self._count_bad(batch, plan)
             yield batch

@@ -21,6 +21,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from . import order as order_mod
 from .samples import SampleReader, SampleTable
+from .shard_cache import CachedSampleReader, open_reader, upcoming_shards
 from .store import open_store
 
 OUTPUTS = ("views", "images", "ids", "decoded")
@@ -67,17 +68,18 @@ class LDStream(IterableDataset):
     device: ``ldisc.views_batch``) or 'ids' (metadata only, nothing read). Every batch carries ``positions``
     (int64 global positions in the epoch order), ``sample_ids``, ``step``, ``epoch``,
     ``version`` and ``corrupt`` (images replaced in this batch; when > 0, ``bad_shards`` names the shard of
-    each replaced image).
+    each replaced image). With a shard cache, ``shard_cache`` counts its events since the last batch.
     """
 
     def __init__(self, dataset: str, table: SampleTable, plan: EpochPlan, *, seed: int,
                  output: str = "views", view_config: Any = None, endpoint_url: str | None = None,
-                 fallback_size: int = 512):
+                 fallback_size: int = 512, cache: Any = None):
         if output not in OUTPUTS:
             raise ValueError(f"output {output!r}: one of {OUTPUTS}")
         self.dataset, self.table, self.plan, self.seed = dataset, table, plan, seed
         self.output, self.view_config, self.endpoint_url = output, view_config, endpoint_url
         self.fallback_size = fallback_size
+        self.cache = cache                 # ldisc.data.shard_cache.CacheSpec: whole shards of a remote store
 
     def _worker(self) -> tuple[int, int]:
         info = get_worker_info()
@@ -135,11 +137,16 @@ class LDStream(IterableDataset):
     def __iter__(self):
         worker, num_workers = self._worker()
         reader = None
+        steps = order_mod.worker_steps(self.plan.n_steps, num_workers, worker)
         if self.output != "ids":
-            reader = SampleReader(open_store(self.dataset, self.endpoint_url), self.table)
+            reader = open_reader(open_store(self.dataset, self.endpoint_url), self.table, self.cache,
+                                 lambda: upcoming_shards(self.table, self.plan, steps))
         try:
-            for step in order_mod.worker_steps(self.plan.n_steps, num_workers, worker):
-                yield self.batch(reader, step)
+            for step in steps:
+                batch = self.batch(reader, step)
+                if isinstance(reader, CachedSampleReader):
+                    batch["shard_cache"] = reader.cache.take_stats()
+                yield batch
         finally:
             if reader is not None:
                 reader.close()

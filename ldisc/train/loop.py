@@ -199,6 +199,7 @@ class Trainer:
         if bad:
             self.metrics.observe_bad_samples(bad)
             self.bad_samples += len(bad)
+        self.metrics.observe_shard_cache(batch.pop("shard_cache", None))
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         self.engine.train()
         disc = self.shape_prior.discriminator if self.shape_prior else None
