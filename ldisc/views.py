@@ -279,16 +279,16 @@ def make_views_batch(x1: torch.Tensor, x2: torch.Tensor, cfg: ViewConfig,
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     """Any PIL mode → (3, H, W) float32 in [0, 1] (grayscale replicated to RGB)."""
-    return uint8_to_float(pil_to_uint8(img))
+    return uint8_to_float(pil_to_uint8(img)).contiguous()
 
 
 def pil_to_uint8(img: Image.Image) -> torch.Tensor:
-    """Any PIL mode → (C, H, W) uint8, C = 1 (gray modes) or 3: what a loader worker hands over when the
-    views are made on the training device."""
+    """Any PIL mode → (C, H, W) uint8, C = 1 (gray modes) or 3 (a channels-last view of the pixels, not
+    copied again): what a loader worker hands over when the views are made on the training device."""
     if img.mode not in ("RGB", "L"):
         img = img.convert("L") if img.mode in ("I", "I;16", "F", "LA", "1") else img.convert("RGB")
     t = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
-    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
 
 
 def uint8_to_float(x: torch.Tensor) -> torch.Tensor:

@@ -42,11 +42,13 @@ def test_device_path_equals_loader_path(modality, second_view, mixed):
     seeds = [pair_seed(7, 1, 2 * i) for i in range(4)]
     want = collate_views([make_views(images[i], images[i + 1], cfg, pair_generator(7, 1, i))
                           for i in range(0, 8, 2)])
-    decoded = decoded_batch(images, seeds)
-    assert torch.is_tensor(decoded["images_u8"]) != mixed and decoded["view_seeds"].dtype == torch.int64
-    got = views_on_device(decoded, cfg, "cpu")
-    assert "images_u8" not in got and got["x1_1"].shape == (4, 1 if modality == "xray" else 3, 40, 40)
-    _assert_same_batch(got, want)
+    for worker_cfg in (None, cfg):        # the random draws made by the trainer, or by the loader worker
+        decoded = decoded_batch(images, seeds, worker_cfg)
+        assert torch.is_tensor(decoded["images_u8"]) != mixed and decoded["view_seeds"].dtype == torch.int64
+        assert ("view_draws" in decoded) == (worker_cfg is not None)
+        got = views_on_device(decoded, cfg, "cpu")
+        assert "images_u8" not in got and got["x1_1"].shape == (4, 1 if modality == "xray" else 3, 40, 40)
+        _assert_same_batch(got, want)
 
 
 def test_bad_views_device_and_pair_count():
@@ -74,6 +76,7 @@ def test_stream_decoded_batches_equal_view_batches_with_workers(dataset):
                                 view_config=cfg, output="decoded"))
     assert len(views) == len(decoded) == 5
     assert decoded[0]["images_u8"].dtype == torch.uint8 and decoded[0]["images_u8"].shape == (4, 1, 32, 32)
+    assert decoded[0]["view_draws"]["finish"]["mix_w"].shape == (2,)     # drawn in the worker
     for got, want in zip(decoded, views):
         _assert_same_batch(views_on_device(got, cfg, "cpu"), want)
 

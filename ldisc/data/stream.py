@@ -127,9 +127,11 @@ class LDStream(IterableDataset):
         if self.output == "images":
             out["images"] = images
         elif self.output == "decoded":     # data.views_device=accelerator: views made by the trainer
+            from ldisc.views import ViewConfig
             from ldisc.views_batch import decoded_batch
 
-            out.update(decoded_batch(images, [pair_seed(self.seed, p.epoch, int(q)) for q in positions[0::2]]))
+            seeds = [pair_seed(self.seed, p.epoch, int(q)) for q in positions[0::2]]
+            out.update(decoded_batch(images, seeds, self.view_config or ViewConfig()))
         else:
             out.update(self._views(images, positions))
         return out
