@@ -31,13 +31,20 @@ from _measure import run_isolated  # noqa: E402
 from ingest import make_sources  # noqa: E402
 
 
-def timed_batches(loader, max_batches: int = 10**9) -> tuple[list, float]:
-    t0, out = time.perf_counter(), []
+def timed_batches(loader, max_batches: int = 10**9) -> tuple[list, float, float]:
+    """Batches, wall seconds, CPU seconds of this process (= of the worker with num_workers=0: on a shared
+    machine CPU time is the cost of a batch, wall time also counts the other tenants)."""
+    t0, c0, out = time.perf_counter(), time.process_time(), []
     for batch in loader:
         out.append(batch)
         if len(out) == max_batches:
             break
-    return out, time.perf_counter() - t0
+    return out, time.perf_counter() - t0, time.process_time() - c0
+
+
+def per_worker(n: int, wall: float, cpu: float) -> dict:
+    return {"batches_per_second": round(rate(n, wall), 2), "batches_per_cpu_second": round(rate(n, cpu), 2),
+            "cpu_seconds_per_batch": round(cpu / n, 4)}
 
 
 def rate(n: int, seconds: float) -> float:
@@ -53,24 +60,23 @@ def device_views_rate(decoded: list[dict], cfg, device: str, repeats: int) -> di
     (the per-pair random draws, which stay on the CPU whatever the device)."""
     import torch
 
-    from ldisc.views import cat_draws, draw_pair
-    from ldisc.views_batch import views_on_device
+    from ldisc.views_batch import pair_draws, views_on_device
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     views_on_device(decoded[0], cfg, device)                          # warm-up
     sync()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(repeats):
         views_on_device(decoded[i % len(decoded)], cfg, device)
     sync()
-    seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    c0 = time.process_time()
     for i in range(repeats):
-        seeds = decoded[i % len(decoded)]["view_seeds"].tolist()
-        cat_draws([draw_pair(torch.Generator().manual_seed(int(s)), 1, cfg) for s in seeds])
-    draw_seconds = time.perf_counter() - t0
+        pair_draws(decoded[i % len(decoded)]["view_seeds"].tolist(), cfg)
+    draw_cpu = time.process_time() - c0
     return {"device": device, "threads": torch.get_num_threads(), "batches_per_second": round(rate(repeats, seconds), 2),
-            "seconds_per_batch": round(seconds / repeats, 4), "host_draws_seconds_per_batch": round(draw_seconds / repeats, 5)}
+            "seconds_per_batch": round(seconds / repeats, 4), "cpu_seconds_per_batch": round(cpu / repeats, 4),
+            "draws_cpu_seconds_per_batch (done by the worker)": round(draw_cpu / repeats, 5)}
 
 
 def consume(loader, sim_step: float) -> dict:
@@ -118,7 +124,7 @@ def s3_bench(src: Path, tmp: Path, args) -> dict:
             _clear(cache)
             loader = StreamLoader(url, **kw)
             s3.meter.reset()
-            batches, seconds = timed_batches(loader)
+            batches, seconds, _ = timed_batches(loader)
             samples, gets = len(batches) * 2 * args.batch, s3.gets()
             out[name] = {"samples": samples, "samples_per_second": round(rate(samples, seconds), 1),
                          "get_requests": gets, "ranged_gets": s3.counts["GET ranged"],
@@ -140,6 +146,7 @@ def main() -> None:
     ap.add_argument("--gpu-step-seconds", type=float, default=0.015,
                     help="GPU step time at 448 px, batch 4 (replace with a measured figure when a GPU is lent)")
     ap.add_argument("--device", default="cpu", help="where the trainer makes the views (cpu | cuda)")
+    ap.add_argument("--trainer-threads", type=int, default=1, help="intra-op threads of the trainer's view making")
     ap.add_argument("--step-seconds", type=float, help="this CPU's step time: skip measuring bench/step.py")
     ap.add_argument("--skip-cpu-step", action="store_true", help="no CPU step figure at all")
     ap.add_argument("--step-width", default="tiny")
@@ -156,7 +163,7 @@ def main() -> None:
     from ldisc.views import ViewConfig
     from sharding.ingest import IngestOptions, ingest
 
-    trainer_threads = torch.get_num_threads()
+    trainer_threads = args.trainer_threads
     torch.set_num_threads(1)  # one loader worker = one core
     cfg = ViewConfig(size=args.size)
     s3 = None
@@ -167,32 +174,31 @@ def main() -> None:
         ingest(IngestOptions(source=str(tmp / "src"), dataset=str(tmp / "ds"), site="bench", modality="fundus",
                              workers=2, progress=False, quarantine_report=str(tmp / "q.jsonl")),
                b"bench-secret-0123456789")
-        raw, raw_seconds = timed_batches(StreamLoader(tmp / "ds", batch_size=args.batch, output="images"))
-        decoded, decoded_seconds = timed_batches(StreamLoader(tmp / "ds", batch_size=args.batch, output="decoded",
-                                                              view_config=cfg))
-        views, view_seconds = timed_batches(StreamLoader(tmp / "ds", batch_size=args.batch, view_config=cfg))
+        raw, raw_wall, raw_cpu = timed_batches(StreamLoader(tmp / "ds", batch_size=args.batch, output="images"))
+        decoded, dec_wall, dec_cpu = timed_batches(StreamLoader(tmp / "ds", batch_size=args.batch, output="decoded",
+                                                                view_config=cfg))
+        views, view_wall, view_cpu = timed_batches(StreamLoader(tmp / "ds", batch_size=args.batch, view_config=cfg))
         torch.set_num_threads(trainer_threads)
         on_device = device_views_rate(decoded, cfg, args.device, repeats=3 * len(decoded))
         torch.set_num_threads(1)
         if args.s3:
             s3 = s3_bench(tmp / "src", tmp, args)
-    images_per_batch = 2 * args.batch
-    views_rate, decode_rate = rate(len(views), view_seconds), rate(len(decoded), decoded_seconds)
+    views_rate, decode_rate = rate(len(views), view_cpu), rate(len(decoded), dec_cpu)
     out = {
         "bench": "loader", "images": args.images, "stored_px": 512, "view_px": args.size, "batch_pairs": args.batch,
         "cpus": os.cpu_count(), "threads_per_worker": 1, "load_average_1min": round(os.getloadavg()[0], 2),
-        "raw_read_decode": {"images_per_second": round(rate(len(raw) * images_per_batch, raw_seconds), 1),
-                            "batches_per_second": round(rate(len(raw), raw_seconds), 2)},
-        "decode_only_per_worker": {"batches_per_second": round(decode_rate, 2),
-                                   "seconds_per_batch": round(1 / decode_rate, 4)},
-        "ld_views_per_worker": {"batches_per_second": round(views_rate, 3),
-                                "images_per_second": round(rate(len(views) * images_per_batch, view_seconds), 1),
-                                "seconds_per_batch": round(1 / views_rate, 3)},
+        "raw_read_decode_per_worker": per_worker(len(raw), raw_wall, raw_cpu),
+        "decode_only_per_worker (views_device=accelerator)": per_worker(len(decoded), dec_wall, dec_cpu),
+        "ld_views_per_worker (views_device=loader)": per_worker(len(views), view_wall, view_cpu),
         "views_on_training_device": on_device,
-        "views_vs_raw": round(views_rate / rate(len(raw), raw_seconds), 4),
+        "views_vs_decode_only": round(views_rate / decode_rate, 4),
         "gpu_step_seconds": args.gpu_step_seconds, "gpu_step_source": "--gpu-step-seconds (projected, not measured)",
-        "workers_per_gpu": {"loader": workers_needed(args.gpu_step_seconds, views_rate),
-                            "accelerator": workers_needed(args.gpu_step_seconds, decode_rate)},
+        "workers_per_gpu (one core each, from CPU seconds per batch)": {
+            "loader": workers_needed(args.gpu_step_seconds, views_rate),
+            "accelerator": workers_needed(args.gpu_step_seconds, decode_rate)},
+        "workers_per_gpu_wall (this run's wall time, shared machine)": {
+            "loader": workers_needed(args.gpu_step_seconds, rate(len(views), view_wall)),
+            "accelerator": workers_needed(args.gpu_step_seconds, rate(len(decoded), dec_wall))},
     }
     if not args.skip_cpu_step:
         if args.step_seconds is None:

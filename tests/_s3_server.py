@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
+from unittest import mock
 
 from ldisc.train.env import free_port
 
@@ -39,8 +40,10 @@ class _Meter:
 
 
 class LocalS3:
-    def __init__(self, endpoint: str, meter: _Meter):
-        self.endpoint, self.meter = endpoint, meter
+    """A running server: ``endpoint``, ``env`` (what a client subprocess needs), request counts."""
+
+    def __init__(self, endpoint: str, meter: _Meter, env: dict[str, str]):
+        self.endpoint, self.meter, self.env = endpoint, meter, env
 
     @property
     def counts(self) -> Counter:
@@ -64,19 +67,13 @@ def local_s3(bucket: str = "ldisc-test", latency_s: float = 0.0):
     endpoint = f"http://127.0.0.1:{port}"
     env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_ENDPOINT_URL": endpoint}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     try:
-        import boto3
+        with mock.patch.dict(os.environ, env):
+            import boto3
 
-        boto3.client("s3").create_bucket(Bucket=bucket)
-        meter.reset()
-        yield LocalS3(endpoint, meter)
+            boto3.client("s3").create_bucket(Bucket=bucket)
+            meter.reset()
+            yield LocalS3(endpoint, meter, env)
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         server.shutdown()
         thread.join(timeout=10)

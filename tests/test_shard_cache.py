@@ -10,14 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from _data_fixtures import SECRET, gray_image, write_image
+from _data_fixtures import ingest_gray
 from _s3_server import local_s3
 from ldisc.data import StreamLoader, open_store, read_manifest
 from ldisc.data.samples import SampleReader, SampleTable
 from ldisc.data.shard_cache import CacheSpec, CachedSampleReader, ShardCache, checksums_of, open_reader
 from ldisc.data.store import StoreError
 from ldisc.views import ViewConfig
-from sharding.ingest import IngestOptions, ingest
 
 URL = "s3://ldisc-test/cache"
 N_IMAGES, PER_SHARD = 24, 4
@@ -25,13 +24,8 @@ N_IMAGES, PER_SHARD = 24, 4
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
-    src = tmp_path_factory.mktemp("cache-src")
-    for i in range(N_IMAGES):
-        write_image(src / f"x{i:03d}.png", gray_image(i, (40, 32)))
     with local_s3() as server:
-        ingest(IngestOptions(source=str(src), dataset=URL, site="s", modality="xray", size=32,
-                             shard_samples=PER_SHARD, progress=False,
-                             quarantine_report=str(src.parent / "q.jsonl")), SECRET.encode())
+        ingest_gray(tmp_path_factory.mktemp("cache-src"), N_IMAGES, PER_SHARD, dataset=URL)
         yield server
 
 

@@ -7,12 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from _data_fixtures import SECRET, gray_image, write_image
+from _data_fixtures import ingest_gray
 from ldisc.data import StreamLoader
 from ldisc.data.stream import pair_generator, pair_seed
 from ldisc.views import ViewConfig, collate_views, make_views
 from ldisc.views_batch import DeviceViews, check_views_device, decoded_batch, views_on_device
-from sharding.ingest import IngestOptions, ingest
 
 
 def _pil(seed: int, size: tuple[int, int], mode: str) -> Image.Image:
@@ -60,12 +59,7 @@ def test_bad_views_device_and_pair_count():
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("views-device")
-    for i in range(20):
-        write_image(root / "src" / f"x{i:03d}.png", gray_image(i, (40, 32)))
-    ingest(IngestOptions(source=str(root / "src"), dataset=str(root / "ds"), site="s", modality="xray", size=32,
-                         shard_samples=6, progress=False, quarantine_report=str(root / "q.jsonl")), SECRET.encode())
-    return root / "ds"
+    return ingest_gray(tmp_path_factory.mktemp("views-device"), 20, shard_samples=6)
 
 
 def test_stream_decoded_batches_equal_view_batches_with_workers(dataset):
