@@ -282,13 +282,17 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     return uint8_to_float(pil_to_uint8(img)).contiguous()
 
 
-def pil_to_uint8(img: Image.Image) -> torch.Tensor:
-    """Any PIL mode → (C, H, W) uint8, C = 1 (gray modes) or 3 (a channels-last view of the pixels, not
-    copied again): what a loader worker hands over when the views are made on the training device."""
+def pil_pixels(img: Image.Image) -> np.ndarray:
+    """Any PIL mode → (H, W, C) uint8 pixels (read-only), C = 1 (gray modes) or 3."""
     if img.mode not in ("RGB", "L"):
         img = img.convert("L") if img.mode in ("I", "I;16", "F", "LA", "1") else img.convert("RGB")
-    t = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
-    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def pil_to_uint8(img: Image.Image) -> torch.Tensor:
+    """Any PIL mode → (C, H, W) uint8 (a channels-last view of its own copy of the pixels)."""
+    return torch.from_numpy(pil_pixels(img).copy()).permute(2, 0, 1)
 
 
 def uint8_to_float(x: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,8 @@
 With ``data.views_device=loader`` (the default) every loader worker decodes its images and makes the
 five views of each pair on the CPU (:func:`ldisc.views.make_views`): about 5 batches/s per worker at
 448 px, so a GPU step of 10–20 ms needs 10–20 workers. With ``accelerator`` the workers only read and
-decode: a batch carries the images as uint8 at their stored side (``images_u8``) and one seed per pair
+decode: a batch carries the images as uint8 at their stored side, channels last (``images_u8``: as
+PIL decodes them, one copy into the batch), and one seed per pair
 (``view_seeds``, the seed of the pair's generator, :func:`ldisc.data.stream.pair_seed`). The training
 process then makes the views of the whole batch on its device (:func:`views_on_device`):
 
@@ -25,7 +26,7 @@ import torch
 from PIL import Image
 
 from ldisc.views import (ViewConfig, cat_draws, draw_pair, finish_pair, input_normalization, map_draws,
-                         pil_to_uint8, to_channels, two_views, uint8_to_float)
+                         pil_pixels, to_channels, two_views, uint8_to_float)
 
 VIEWS_DEVICES = ("loader", "accelerator")
 
@@ -43,16 +44,21 @@ def pair_draws(seeds, cfg: ViewConfig) -> dict:
 
 
 def decoded_batch(images: list[Image.Image], seeds: list[int], cfg: ViewConfig | None = None) -> dict[str, Any]:
-    """The loader worker's half: ``images_u8`` ((2B, C, H, W) uint8 when all images share a shape, else
-    a list of (C, H, W)), ``view_seeds`` (B int64, one per pair of consecutive images) and, given ``cfg``,
-    ``view_draws`` (:func:`pair_draws`: a few hundred bytes that spare the trainer ~20 small CPU ops per
-    pair)."""
+    """The loader worker's half: ``images_u8``, the pixels as they are decoded, channels last ((2B, H, W, C)
+    uint8 when all images share a shape, else a list of (H, W, C); C = 1 or 3), ``view_seeds`` (B int64,
+    one per pair of consecutive images) and, given ``cfg``, ``view_draws`` (:func:`pair_draws`: a few
+    hundred bytes that spare the trainer ~20 small CPU ops per pair)."""
     if len(images) != 2 * len(seeds):
         raise ValueError(f"{len(images)} images for {len(seeds)} pairs")
-    arrays = [pil_to_uint8(im) for im in images]
-    same = len({tuple(a.shape) for a in arrays}) == 1
-    out = {"images_u8": torch.stack(arrays) if same else [a.contiguous() for a in arrays],
-           "view_seeds": torch.tensor([int(s) for s in seeds], dtype=torch.int64)}
+    pixels = [pil_pixels(im) for im in images]
+    if len({a.shape for a in pixels}) == 1:      # one copy, straight into the batch
+        stack = torch.empty((len(pixels), *pixels[0].shape), dtype=torch.uint8)
+        view = stack.numpy()
+        for i, a in enumerate(pixels):
+            view[i] = a
+    else:
+        stack = [torch.from_numpy(a.copy()) for a in pixels]
+    out = {"images_u8": stack, "view_seeds": torch.tensor([int(s) for s in seeds], dtype=torch.int64)}
     if cfg is not None:
         out["view_draws"] = pair_draws(seeds, cfg)
     return out
@@ -68,7 +74,8 @@ def _views_of(images, draws: dict, cfg: ViewConfig, device: torch.device) -> tup
     out: list[torch.Tensor] | None = None
     for idx in groups.values():
         stack = images if len(groups) == 1 and torch.is_tensor(images) else torch.stack([images[i] for i in idx])
-        x = to_channels(uint8_to_float(stack.to(device, non_blocking=True)), channels)
+        x = uint8_to_float(stack.to(device, non_blocking=True).permute(0, 3, 1, 2))   # NHWC → NCHW
+        x = to_channels(x, channels).contiguous()
         side = draws if len(groups) == 1 else map_draws(lambda t, idx=idx: t[idx], draws)
         views = two_views(x, side, cfg)
         if len(groups) == 1:

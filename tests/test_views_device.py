@@ -69,7 +69,7 @@ def test_stream_decoded_batches_equal_view_batches_with_workers(dataset):
     decoded = list(StreamLoader(dataset, batch_size=2, seed=4, world_size=1, rank=0, num_workers=2,
                                 view_config=cfg, output="decoded"))
     assert len(views) == len(decoded) == 5
-    assert decoded[0]["images_u8"].dtype == torch.uint8 and decoded[0]["images_u8"].shape == (4, 1, 32, 32)
+    assert decoded[0]["images_u8"].dtype == torch.uint8 and decoded[0]["images_u8"].shape == (4, 32, 32, 1)
     assert decoded[0]["view_draws"]["finish"]["mix_w"].shape == (2,)     # drawn in the worker
     for got, want in zip(decoded, views):
         _assert_same_batch(views_on_device(got, cfg, "cpu"), want)
