@@ -112,6 +112,7 @@ class StreamLoader:
         self.corrupt_samples = 0          # images replaced because they could not be decoded
         self.dropped_samples = 0          # epoch tails no rank saw (split remainder)
         self._tables: dict[int, SampleTable] = {}
+        self._checksums: dict[str, tuple[str, int]] = {}   # shard key → (sha256, bytes) of the table's version
         self._batches = None              # live iterator behind next_batch()
         if max_bad_fraction is not None and not 0 <= max_bad_fraction <= 1:
             raise ValueError(f"max_bad_fraction must be in [0, 1] or null, got {max_bad_fraction}")
@@ -189,7 +190,9 @@ class StreamLoader:
     # -- planning ---------------------------------------------------------------------
     def _table(self, version: int) -> SampleTable:
         if version not in self._tables:
-            self._tables = {version: SampleTable.from_manifest(read_manifest(self.store, version))}
+            manifest = read_manifest(self.store, version)
+            self._tables = {version: SampleTable.from_manifest(manifest)}
+            self._checksums = checksums_of(manifest)      # per shard, for the shard cache's downloads
         return self._tables[version]
 
     def _check_shards(self, version: int) -> None:
@@ -248,11 +251,11 @@ class StreamLoader:
 
     def stream(self, plan: EpochPlan) -> LDStream:
         size = getattr(self.view_config, "size", 512)
-        cache = None
+        table, cache = self._table(plan.version), None
         if self.cache_dir:                 # whole shards of a remote store in a local cache (shard_cache)
             cache = CacheSpec(str(self.cache_dir), int(self.cache_limit_gb * 1e9), self.cache_prefetch,
-                              checksums_of(read_manifest(self.store, plan.version)))
-        return LDStream(self.dataset, self._table(plan.version), plan, seed=self.seed, output=self.output,
+                              self._checksums)
+        return LDStream(self.dataset, table, plan, seed=self.seed, output=self.output,
                         view_config=self.view_config, endpoint_url=self.endpoint_url, fallback_size=size,
                         cache=cache)
 
