@@ -110,6 +110,28 @@ def _clear(cache: str | None) -> None:
             p.unlink()
 
 
+def read_only(url: str, cache: str | None, args) -> dict:
+    """One reader fetching every sample's PNG bytes in epoch order, no decode: the I/O path alone."""
+    from ldisc.data import StreamLoader, open_store
+    from ldisc.data.shard_cache import open_reader, upcoming_shards
+
+    loader = StreamLoader(url, batch_size=args.batch, world_size=1, rank=0, cache_dir=cache,
+                          cache_limit_gb=args.cache_limit_gb)
+    plan = loader.plan()
+    stream = loader.stream(plan)
+    steps = range(plan.n_steps)
+    t0 = time.perf_counter()
+    reader = open_reader(open_store(url), stream.table, stream.cache, lambda: upcoming_shards(stream.table, plan, steps))
+    n = 0
+    for step in steps:
+        for row in plan.order[step * plan.per_rank:(step + 1) * plan.per_rank]:
+            reader.png_bytes(int(row))
+            n += 1
+    seconds = time.perf_counter() - t0
+    reader.close()
+    return {"samples": n, "samples_per_second": round(rate(n, seconds), 1)}
+
+
 def s3_bench(src: Path, tmp: Path, args) -> dict:
     """Ranged GETs vs the shard cache against a local S3 server with latency."""
     from _s3_server import local_s3
@@ -138,6 +160,8 @@ def s3_bench(src: Path, tmp: Path, args) -> dict:
             if cache:
                 out[name]["cache_events"] = dict(loader.shard_cache_stats)
             _clear(cache)
+            out[name]["read_only_one_reader"] = read_only(url, cache, args)
+            _clear(cache)
             out[name]["simulated_step"] = consume(StreamLoader(url, **kw), args.sim_step_seconds)
     out["get_reduction"] = round(out["ranged"]["get_requests"] / max(out["cached"]["get_requests"], 1), 1)
     out["speedup"] = round(out["cached"]["samples_per_second"] / max(out["ranged"]["samples_per_second"], 1e-9), 2)
@@ -158,6 +182,7 @@ def main() -> None:
     ap.add_argument("--step-width", default="tiny")
     ap.add_argument("--s3", action="store_true", help="also the object-store comparison (moto, 127.0.0.1)")
     ap.add_argument("--s3-latency-ms", type=float, default=20.0)
+    ap.add_argument("--only-s3", action="store_true", help="the object-store comparison alone")
     ap.add_argument("--s3-workers", type=int, default=2)
     ap.add_argument("--shard-samples", type=int, default=16)
     ap.add_argument("--cache-limit-gb", type=float, default=1.0)
@@ -177,6 +202,10 @@ def main() -> None:
         tmp = Path(tmp)
         (tmp / "src").mkdir()
         make_sources(tmp / "src", args.images, "fundus")
+        if args.only_s3:
+            print(json.dumps({"bench": "loader", "images": args.images, "load_average_1min": round(os.getloadavg()[0], 2),
+                              "object_store": s3_bench(tmp / "src", tmp, args)}))
+            return
         ingest(IngestOptions(source=str(tmp / "src"), dataset=str(tmp / "ds"), site="bench", modality="fundus",
                              workers=2, progress=False, quarantine_report=str(tmp / "q.jsonl")),
                b"bench-secret-0123456789")

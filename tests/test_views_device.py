@@ -86,8 +86,10 @@ def test_config_switch_wraps_the_train_source_only(dataset):
     plain = build_data_source(compose("pretrain", overrides), info)
     on_device = build_data_source(compose("pretrain", overrides + ["data.views_device=accelerator"]), info)
     assert isinstance(on_device, DeviceViews) and on_device.output == "decoded"
-    assert StreamLoader.from_config(compose("pretrain", overrides + ["data.views_device=accelerator"]),
-                                    rank=0, world_size=1, split="val").output == "views"
+    val = StreamLoader.from_config(compose("pretrain", overrides + ["data.views_device=accelerator",
+                                                                    "data.cache_dir=/tmp/c", "data.cache_limit_gb=0.5"]),
+                                   rank=0, world_size=1, split="val")
+    assert val.output == "views" and (val.cache_dir, val.cache_limit_gb, val.cache_prefetch) == ("/tmp/c", 0.5, 2)
     for _ in range(3):
         _assert_same_batch(on_device.next_batch(), plain.next_batch())
     assert on_device.state_dict() == plain.state_dict()
