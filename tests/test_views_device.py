@@ -93,3 +93,21 @@ def test_config_switch_wraps_the_train_source_only(dataset):
     for _ in range(3):
         _assert_same_batch(on_device.next_batch(), plain.next_batch())
     assert on_device.state_dict() == plain.state_dict()
+
+
+@pytest.mark.slow
+def test_pretraining_with_views_on_the_device_trains_identically(dataset, tmp_path):
+    """ldisc-pretrain end to end: views_device=accelerator gives the loader path's losses, step for step."""
+    from test_train import TINY, losses_without_timing
+
+    from ldisc.train import pretrain
+
+    def run(name, *extra):
+        overrides = [*[o for o in TINY if not o.startswith("data.")], "data=shards", f"data.dataset={dataset}",
+                     "data.size=32", "data.modality=xray", "data.num_workers=0", f"run_dir={tmp_path / name}",
+                     "train.stage1_steps=2", "train.stage2_steps=2", "train.checkpoint_every=4",
+                     "train.val_fraction=0", *extra]
+        pretrain(overrides)
+        return losses_without_timing(tmp_path / name)
+
+    assert run("device", "data.views_device=accelerator") == run("loader")
