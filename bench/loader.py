@@ -66,6 +66,7 @@ def device_views_rate(decoded: list[dict], cfg, device: str, repeats: int) -> di
     (the per-pair random draws, which stay on the CPU whatever the device)."""
     import torch
 
+    from ldisc.views import VIEW_KEYS
     from ldisc.views_batch import pair_draws, views_on_device
 
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -80,7 +81,12 @@ def device_views_rate(decoded: list[dict], cfg, device: str, repeats: int) -> di
     for i in range(repeats):
         pair_draws(decoded[i % len(decoded)]["view_seeds"].tolist(), cfg)
     draw_cpu = time.process_time() - c0
-    return {"device": device, "threads": torch.get_num_threads(), "batches_per_second": round(rate(repeats, seconds), 2),
+    agreement = {}
+    if device != "cpu":                      # the same batch on the CPU: how far the device's views are
+        got, want = views_on_device(decoded[0], cfg, device), views_on_device(decoded[0], cfg, "cpu")
+        agreement = {"max_abs_diff_vs_cpu": max(float((got[k].cpu() - want[k]).abs().max()) for k in VIEW_KEYS)}
+    return {**agreement, "device": device, "threads": torch.get_num_threads(),
+            "batches_per_second": round(rate(repeats, seconds), 2),
             "seconds_per_batch": round(seconds / repeats, 4), "cpu_seconds_per_batch": round(cpu / repeats, 4),
             "draws_cpu_seconds_per_batch (done by the worker)": round(draw_cpu / repeats, 5)}
 

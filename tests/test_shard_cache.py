@@ -157,3 +157,17 @@ def test_local_datasets_and_no_cache_dir_keep_random_access(s3, manifest, tmp_pa
     reader = open_reader(open_store(URL), table, spec, lambda: table.shard_keys[:2])
     assert isinstance(reader, CachedSampleReader)
     reader.close()                               # stops the prefetcher
+
+
+def test_cache_events_become_prometheus_counters():
+    from prometheus_client import generate_latest
+
+    from ldisc.train.metrics import TrainMetrics
+
+    metrics = TrainMetrics(rank=3)
+    metrics.observe_shard_cache({"hits": 2, "downloads": 1, "download_bytes": 4096})
+    metrics.observe_shard_cache(None)
+    text = generate_latest(metrics.registry).decode()
+    assert 'ldisc_train_shard_cache_hits_total{rank="3"} 2.0' in text
+    assert 'ldisc_train_shard_cache_download_bytes_total{rank="3"} 4096.0' in text
+    assert 'ldisc_train_shard_cache_evictions_total' in text
