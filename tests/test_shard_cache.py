@@ -91,10 +91,13 @@ def test_limit_is_kept_shard_by_shard_and_lru_goes_first(s3, manifest, tmp_path)
     keys = sorted(sums)
     limit = 2 * (max(b for _, b in sums.values()) + 256)
     cache = ShardCache(open_store(URL), CacheSpec(str(tmp_path / "c"), limit, 0, sums))
+    stale = tmp_path / "c" / f"{sums[keys[4]][0]}.part-99999-crashed"     # a download whose process died
+    stale.write_bytes(b"\0" * limit)
     for key in keys[:2]:
         os.close(cache.open(key))
     os.close(cache.open(keys[0]))                    # keys[0] is now the most recently used
     os.close(cache.open(keys[2]))                    # evicts keys[1]
+    assert not stale.exists()                        # its shard lock was free: removed, not counted
     cached = {p.stem for p in (tmp_path / "c").glob("*.tar")}
     assert cached == {sums[keys[0]][0], sums[keys[2]][0]}
     for key in keys[3:]:
