@@ -210,17 +210,46 @@ def undo_dihedral(x: torch.Tensor, flip: torch.Tensor, rot: torch.Tensor) -> tor
     return _per_transform(x, flip, rot, lambda y, f, k: _flip(torch.rot90(y, -k, dims=(-2, -1)), f))
 
 
-def _two_views(x: torch.Tensor, cfg: ViewConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    n = x.shape[0]
-    geometry = _geometry(gen, n, cfg)
+def draw_side(gen: torch.Generator, n: int, cfg: ViewConfig) -> dict:
+    """The random draws of the two views of ``n`` images: one shared geometry, two photometric sets."""
+    return {"geometry": _geometry(gen, n, cfg), "views": (_photometric(gen, n, cfg), _photometric(gen, n, cfg))}
+
+
+def two_views(x: torch.Tensor, side: dict, cfg: ViewConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two views of images ``x`` (B, C, H, W) in [0, 1] from their draws (:func:`draw_side`)."""
     views = []
-    for _ in range(2):
-        p = _photometric(gen, n, cfg)
-        grid = _grid(geometry, p["angle"], tuple(x.shape[-2:]), cfg.size, x.device)
+    for p in side["views"]:
+        grid = _grid(side["geometry"], p["angle"], tuple(x.shape[-2:]), cfg.size, x.device)
         warped = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros",
                                align_corners=False)
         views.append(_jitter(warped, p))
     return views[0], views[1]
+
+
+def draw_pair(gen: torch.Generator, n: int, cfg: ViewConfig) -> dict:
+    """Every random draw of the views of ``n`` pairs, in the order the generator gives them: first
+    images, second images, then second-view flip/rot90 and mixup weight. Applying the draws uses no
+    random numbers, so views may be made anywhere (loader worker or training device) from them."""
+    return {"first": draw_side(gen, n, cfg), "second": draw_side(gen, n, cfg), "finish": _draw_finish(gen, n, cfg)}
+
+
+def map_draws(fn, draws):
+    """``fn`` applied to every tensor of (nested) draws."""
+    if isinstance(draws, dict):
+        return {k: map_draws(fn, v) for k, v in draws.items()}
+    if isinstance(draws, tuple):
+        return tuple(map_draws(fn, v) for v in draws)
+    return fn(draws)
+
+
+def cat_draws(parts: list) -> dict:
+    """Draws of several batches of pairs joined along the batch dimension."""
+    first = parts[0]
+    if isinstance(first, dict):
+        return {k: cat_draws([p[k] for p in parts]) for k in first}
+    if isinstance(first, tuple):
+        return tuple(cat_draws([p[i] for p in parts]) for i in range(len(first)))
+    return torch.cat(parts)
 
 
 def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
@@ -250,18 +279,34 @@ def make_views_batch(x1: torch.Tensor, x2: torch.Tensor, cfg: ViewConfig,
         raise ValueError(f"expected (B, 3, H, W) or (B, 1, H, W) images, got {tuple(x1.shape)} and {tuple(x2.shape)}")
     channels = input_normalization(cfg.modality)[0]
     x1, x2 = to_channels(x1, channels), to_channels(x2, channels)
-    x1_1, x1_2 = _two_views(x1, cfg, generator)
-    x2_1, x2_2 = _two_views(x2, cfg, generator)
-    return _finish_pair(x1_1, x1_2, x2_1, x2_2, cfg, generator)
+    draws = draw_pair(generator, x1.shape[0], cfg)
+    x1_1, x1_2 = two_views(x1, draws["first"], cfg)
+    x2_1, x2_2 = two_views(x2, draws["second"], cfg)
+    return finish_pair(x1_1, x1_2, x2_1, x2_2, draws["finish"], cfg)
 
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     """Any PIL mode → (3, H, W) float32 in [0, 1] (grayscale replicated to RGB)."""
+    return uint8_to_float(pil_to_uint8(img)).contiguous()
+
+
+def pil_pixels(img: Image.Image) -> np.ndarray:
+    """Any PIL mode → (H, W, C) uint8 pixels (read-only), C = 1 (gray modes) or 3."""
     if img.mode not in ("RGB", "L"):
         img = img.convert("L") if img.mode in ("I", "I;16", "F", "LA", "1") else img.convert("RGB")
     arr = np.asarray(img, dtype=np.uint8)
-    t = torch.from_numpy(arr.copy()).float().div_(255)
-    return t.unsqueeze(0).expand(3, -1, -1).contiguous() if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def pil_to_uint8(img: Image.Image) -> torch.Tensor:
+    """Any PIL mode → (C, H, W) uint8 (a channels-last view of its own copy of the pixels)."""
+    return torch.from_numpy(pil_pixels(img).copy()).permute(2, 0, 1)
+
+
+def uint8_to_float(x: torch.Tensor) -> torch.Tensor:
+    """(…, 1 or 3, H, W) uint8 → 3-channel float32 in [0, 1] (gray replicated), on ``x``'s device."""
+    t = x.float().div_(255)
+    return t.expand(*t.shape[:-3], 3, *t.shape[-2:]).contiguous() if t.shape[-3] == 1 else t
 
 
 def make_views(img_a: Image.Image, img_b: Image.Image, cfg: ViewConfig,
@@ -269,27 +314,31 @@ def make_views(img_a: Image.Image, img_b: Image.Image, cfg: ViewConfig,
     """Views of one pair of PIL images (any sizes, any modes); unbatched tensors."""
     channels = input_normalization(cfg.modality)[0]
     a, b = to_channels(pil_to_tensor(img_a)[None], channels), to_channels(pil_to_tensor(img_b)[None], channels)
-    x1_1, x1_2 = _two_views(a, cfg, generator)
-    x2_1, x2_2 = _two_views(b, cfg, generator)
-    return {k: v[0] for k, v in _finish_pair(x1_1, x1_2, x2_1, x2_2, cfg, generator).items()}
+    draws = draw_pair(generator, 1, cfg)
+    x1_1, x1_2 = two_views(a, draws["first"], cfg)
+    x2_1, x2_2 = two_views(b, draws["second"], cfg)
+    return {k: v[0] for k, v in finish_pair(x1_1, x1_2, x2_1, x2_2, draws["finish"], cfg).items()}
 
 
-def _finish_pair(x1_1: torch.Tensor, x1_2: torch.Tensor, x2_1: torch.Tensor, x2_2: torch.Tensor,
-                 cfg: ViewConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Second-view flip/rot90, mixup and normalisation of a batch of first/second views."""
-    n = x1_1.shape[0]
+def _draw_finish(generator: torch.Generator, n: int, cfg: ViewConfig) -> dict[str, torch.Tensor]:
     code = SECOND_VIEWS[cfg.second_view]
     flip1 = code * _bernoulli(generator, n, cfg.second_flip_p).long()
     rot1 = torch.randint(0, 4, (n,), generator=generator)
     flip2 = code * _bernoulli(generator, n, cfg.second_flip_p).long()
     rot2 = torch.randint(0, 4, (n,), generator=generator)
     mix_w = _uniform(generator, n, *cfg.mix_range).float()
-    x1_2 = apply_dihedral(x1_2, flip1, rot1)
-    x2_2 = apply_dihedral(x2_2, flip2, rot2)
-    w = mix_w.to(x1_1.device).view(-1, 1, 1, 1)
+    return {"flip1": flip1, "rot1": rot1, "flip2": flip2, "rot2": rot2, "mix_w": mix_w}
+
+
+def finish_pair(x1_1: torch.Tensor, x1_2: torch.Tensor, x2_1: torch.Tensor, x2_2: torch.Tensor,
+                finish: dict[str, torch.Tensor], cfg: ViewConfig) -> dict[str, torch.Tensor]:
+    """Second-view flip/rot90, mixup and normalisation of a batch of first/second views."""
+    x1_2 = apply_dihedral(x1_2, finish["flip1"], finish["rot1"])
+    x2_2 = apply_dihedral(x2_2, finish["flip2"], finish["rot2"])
+    w = finish["mix_w"].to(x1_1.device).view(-1, 1, 1, 1)
     mix = w * x1_1 + (1 - w) * x2_1
     out = {k: normalize(v, cfg.modality) for k, v in zip(VIEW_KEYS, (x1_1, x1_2, x2_1, x2_2, mix))}
-    out.update(flip1=flip1, rot1=rot1, flip2=flip2, rot2=rot2, mix_w=mix_w)
+    out.update(finish)
     return out
 
 

@@ -146,3 +146,17 @@ def make_corrupt_corpus(root: Path, outside: Path) -> tuple[dict[str, str], list
 def read_dataset_bytes(root: Path) -> bytes:
     """All bytes of all files under a local dataset (for PHI scans)."""
     return b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())
+
+
+def ingest_gray(root: Path, n: int, shard_samples: int, dataset: str | None = None, size: int = 32) -> str:
+    """``n`` small gray X-ray-like images under ``root/src`` ingested into ``dataset`` (default
+    ``root/ds``; an ``s3://`` URL works with a local S3 server running) in shards of ``shard_samples``."""
+    from sharding.ingest import IngestOptions, ingest
+
+    for i in range(n):
+        write_image(root / "src" / f"x{i:03d}.png", gray_image(i, (40, 32)))
+    dataset = dataset or str(root / "ds")
+    ingest(IngestOptions(source=str(root / "src"), dataset=dataset, site="s", modality="xray", size=size,
+                         shard_samples=shard_samples, progress=False, quarantine_report=str(root / "q.jsonl")),
+           SECRET.encode())
+    return dataset

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from _data_fixtures import PYTHON, REPO, cli_env, free_port, gray_image, run_cli, write_image
+from _data_fixtures import PYTHON, REPO, cli_env, gray_image, run_cli, write_image
+from _s3_server import local_s3
 from ldisc.data import latest_version, open_store, read_manifest
 
 
@@ -84,26 +85,8 @@ def test_concurrent_local_ingests_both_land(tmp_path):
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": endpoint}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import boto3
-
-    boto3.client("s3").create_bucket(Bucket="ldisc-test")
-    yield env
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    server.stop()
+    with local_s3("ldisc-test") as s3:
+        yield s3.env
 
 
 def test_s3_ingest_verify_and_concurrent_optimistic_commits(tmp_path, s3_endpoint):

@@ -16,10 +16,10 @@ from ldisc.views import view_config
 SOURCES = ("synthetic", "noise", "shards")
 
 
-def build_data_source(cfg: DictConfig, rank: int, world_size: int, split: str = "train"):
+def build_data_source(cfg: DictConfig, rank: int, world_size: int, split: str = "train", device=None):
     """The ``split`` (train | val) of ``data`` for ``rank`` of ``world_size``: with ``train.val_fraction`` > 0 the
     validation samples are held out of training (synthetic/noise: the last images of the pool; shards: by
-    sample-id hash)."""
+    sample-id hash). ``device``: where ``data.views_device=accelerator`` makes the views (default: cpu)."""
     d, t = cfg.data, cfg.train
     seed, bs = int(cfg.seed), int(t.batch_size)
     holdout = float(t.get("val_fraction", 0) or 0)
@@ -33,6 +33,10 @@ def build_data_source(cfg: DictConfig, rank: int, world_size: int, split: str = 
         loader = StreamLoader.from_config(d, batch_size=bs, seed=seed, view_config=view_config(cfg), holdout=holdout,
                                           rank=rank, world_size=world_size, split=split)
         loader.plan()          # a missing dataset or shard object stops the job here, before any step
+        if loader.output == "decoded":         # data.views_device=accelerator: views on the training device
+            from ldisc.views_batch import DeviceViews
+
+            return DeviceViews(loader, view_config(cfg), device or "cpu")
         return loader
     raise ValueError(f"unknown data.source {d.source!r}; one of {SOURCES}")
 

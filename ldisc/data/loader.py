@@ -32,6 +32,7 @@ from . import order as order_mod
 from .manifest import latest_version, read_manifest
 from .samples import SampleTable
 from .source import StreamPosition
+from .shard_cache import CacheSpec, checksums_of
 from .store import open_store
 from .stream import EpochPlan, LDStream
 
@@ -71,6 +72,9 @@ class StreamLoader:
         max_bad_fraction: stop with :class:`BadDataError` once more than this share of the rank's
             samples of an epoch had to be replaced (None: never stop; replacements are still
             counted and logged with their shard).
+        cache_dir, cache_limit_gb, cache_prefetch: with ``cache_dir``, a remote dataset is read as whole
+            shards downloaded ahead of use into a bounded local cache (``ldisc.data.shard_cache``);
+            without, each sample is one ranged GET.
     """
 
     def __init__(self, dataset: str, batch_size: int, *, seed: int = 0, version: int | str = "latest",
@@ -78,7 +82,8 @@ class StreamLoader:
                  shuffle_window: int = 2048, num_workers: int = 0, world_size: int | None = None,
                  rank: int | None = None, output: str = "views", view_config: Any = None,
                  prefetch_factor: int = 2, endpoint_url: str | None = None, holdout: float = 0.0,
-                 split: str = "all", max_bad_fraction: float | None = 0.01):
+                 split: str = "all", max_bad_fraction: float | None = 0.01, cache_dir: str | None = None,
+                 cache_limit_gb: float = 20.0, cache_prefetch: int = 2):
         dist_world, dist_rank = _dist_world()
         self.world_size = world_size if world_size is not None else dist_world
         self.rank = rank if rank is not None else dist_rank
@@ -98,12 +103,15 @@ class StreamLoader:
         self.corrupt_samples = 0          # images replaced because they could not be decoded
         self.dropped_samples = 0          # epoch tails no rank saw (split remainder)
         self._tables: dict[int, SampleTable] = {}
+        self._checksums: dict[str, tuple[str, int]] = {}   # shard key → (sha256, bytes) of the table's version
         self._batches = None              # live iterator behind next_batch()
         if max_bad_fraction is not None and not 0 <= max_bad_fraction <= 1:
             raise ValueError(f"max_bad_fraction must be in [0, 1] or null, got {max_bad_fraction}")
         self.max_bad_fraction = max_bad_fraction
         self.epoch_bad: Counter = Counter()  # replaced samples of the current epoch, by shard
         self._checked_versions: set[int] = set()
+        self.cache_dir, self.cache_limit_gb, self.cache_prefetch = cache_dir, float(cache_limit_gb), int(cache_prefetch)
+        self.shard_cache_stats: Counter = Counter()     # shard-cache events of all workers (CACHE_EVENTS)
 
     @classmethod
     def from_config(cls, data, *, batch_size: int, seed: int, view_config: Any, holdout: float = 0.0,
@@ -111,14 +119,20 @@ class StreamLoader:
         """From the ``data`` group (configs/data/shards.yaml: dataset, version, weights, epoch_samples,
         shuffle_window, num_workers, prefetch_factor, endpoint_url, max_bad_fraction) and the run's batch
         size, seed, views and held-out fraction (``split``: train | val; the validation stream runs in this
-        process, without workers)."""
+        process, without workers); ``views_device`` (accelerator: the workers only decode) and the shard cache
+        (``cache_dir``, ``cache_limit_gb``, ``cache_prefetch``)."""
+        from ldisc.views_batch import check_views_device
+
         weights = {str(k): float(v) for k, v in data.weights.items()} if data.weights else None
+        on_device = check_views_device(str(data.views_device)) == "accelerator" and split == "train"
         return cls(str(data.dataset), int(batch_size), seed=int(seed), version=data.version, weights=weights,
+                   output="decoded" if on_device else "views",
                    epoch_samples=data.epoch_samples, shuffle_window=int(data.shuffle_window),
                    num_workers=int(data.num_workers) if split == "train" else 0, world_size=world_size, rank=rank,
                    view_config=view_config, prefetch_factor=int(data.prefetch_factor),
                    endpoint_url=data.endpoint_url, holdout=float(holdout), split=split,
-                   max_bad_fraction=data.max_bad_fraction)
+                   max_bad_fraction=data.max_bad_fraction, cache_dir=data.cache_dir,
+                   cache_limit_gb=float(data.cache_limit_gb), cache_prefetch=int(data.cache_prefetch))
 
     def next_batch(self) -> dict:
         """The next batch of the endless stream (epochs follow each other); the trainer's interface."""
@@ -158,7 +172,9 @@ class StreamLoader:
     # -- planning ---------------------------------------------------------------------
     def _table(self, version: int) -> SampleTable:
         if version not in self._tables:
-            self._tables = {version: SampleTable.from_manifest(read_manifest(self.store, version))}
+            manifest = read_manifest(self.store, version)
+            self._tables = {version: SampleTable.from_manifest(manifest)}
+            self._checksums = checksums_of(manifest)      # per shard, for the shard cache's downloads
         return self._tables[version]
 
     def _check_shards(self, version: int) -> None:
@@ -217,8 +233,13 @@ class StreamLoader:
 
     def stream(self, plan: EpochPlan) -> LDStream:
         size = getattr(self.view_config, "size", 512)
-        return LDStream(self.dataset, self._table(plan.version), plan, seed=self.seed, output=self.output,
-                        view_config=self.view_config, endpoint_url=self.endpoint_url, fallback_size=size)
+        table, cache = self._table(plan.version), None
+        if self.cache_dir:                 # whole shards of a remote store in a local cache (shard_cache)
+            cache = CacheSpec(str(self.cache_dir), int(self.cache_limit_gb * 1e9), self.cache_prefetch,
+                              self._checksums)
+        return LDStream(self.dataset, table, plan, seed=self.seed, output=self.output,
+                        view_config=self.view_config, endpoint_url=self.endpoint_url, fallback_size=size,
+                        cache=cache)
 
     # -- iteration --------------------------------------------------------------------
     def __iter__(self):
@@ -238,6 +259,7 @@ class StreamLoader:
             expected += 1
             self.consumed += self.world_size * self.per_rank
             self.corrupt_samples += int(batch["corrupt"])
+            self.shard_cache_stats.update(batch.get("shard_cache") or {})
             if batch["corrupt"]:
                 self._count_bad(batch, plan)
             yield batch

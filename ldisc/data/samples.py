@@ -57,14 +57,19 @@ class SampleReader:
         if key in self._fds:
             self._fds.move_to_end(key)
             return self._fds[key]
-        path = self.store.local_path(key)
-        if path is None:
+        fd = self._open_fd(key)
+        if fd is None:
             return None
-        fd = os.open(path, os.O_RDONLY)
         self._fds[key] = fd
         if len(self._fds) > self.max_open:
             os.close(self._fds.popitem(last=False)[1])
         return fd
+
+    def _open_fd(self, key: str) -> int | None:
+        """A descriptor of the whole shard ``key`` for direct reads, or None: read by ranged GETs.
+        (``ldisc.data.shard_cache.CachedSampleReader`` opens its local copy instead.)"""
+        path = self.store.local_path(key)
+        return None if path is None else os.open(path, os.O_RDONLY)
 
     def png_bytes(self, row: int) -> bytes:
         t = self.table

@@ -7,7 +7,8 @@ Both expose the same small interface, keyed by '/'-separated relative keys:
 - ``put_if_absent(key, data)`` creates an object only if no object has that key and says
   whether it did — the primitive that makes manifest commits safe under concurrency
   (local: ``os.link`` of a finished temp file; S3: ``PUT`` with ``If-None-Match: *``);
-- ``get_bytes``, ``get_range`` (random access into shards), ``list``, ``exists``,
+- ``get_bytes``, ``get_range`` (random access into shards), ``iter_bytes`` (a whole shard,
+  streamed), ``list``, ``exists``,
   ``size``, ``delete``.
 
 ``open_store(url)`` picks the backend: ``s3://bucket/prefix`` or a filesystem path.
@@ -92,6 +93,15 @@ class LocalStore:
         with open(self.path(key), "rb") as f:
             return os.pread(f.fileno(), length, start)
 
+    def iter_bytes(self, key: str, chunk: int = 1 << 20):
+        """The whole object in chunks (one sequential read)."""
+        try:
+            with open(self.path(key), "rb") as f:
+                while data := f.read(chunk):
+                    yield data
+        except FileNotFoundError as e:
+            raise StoreError(f"no object {key!r} in {self.url}") from e
+
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
 
@@ -173,6 +183,16 @@ class S3Store:
     def get_range(self, key: str, start: int, length: int) -> bytes:
         rng = f"bytes={start}-{start + length - 1}"
         return self.client.get_object(Bucket=self.bucket, Key=self._k(key), Range=rng)["Body"].read()
+
+    def iter_bytes(self, key: str, chunk: int = 1 << 20):
+        """The whole object in chunks: one GET, streamed (whole-shard downloads, ``ldisc.data.shard_cache``)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"]
+        except ClientError as e:
+            raise StoreError(f"cannot read {key!r} from {self.url}: {e}") from e
+        yield from body.iter_chunks(chunk)
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

@@ -21,9 +21,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from . import order as order_mod
 from .samples import SampleReader, SampleTable
+from .shard_cache import CachedSampleReader, open_reader, upcoming_shards
 from .store import open_store
 
-OUTPUTS = ("views", "images", "ids")
+OUTPUTS = ("views", "images", "ids", "decoded")
 
 
 @dataclass
@@ -48,30 +49,37 @@ class EpochPlan:
         return len(self.order) - self.start - self.n_steps * self.world_size * self.per_rank
 
 
+def pair_seed(seed: int, epoch: int, position: int) -> int:
+    """The seed of the views of the pair starting at global ``position`` (< 2**63)."""
+    state = np.random.SeedSequence([int(seed), int(epoch), int(position), 0x71E4]).generate_state(2, np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
 def pair_generator(seed: int, epoch: int, position: int) -> torch.Generator:
     """The torch generator of the views of the pair starting at global ``position``."""
-    state = np.random.SeedSequence([int(seed), int(epoch), int(position), 0x71E4]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+    return torch.Generator().manual_seed(pair_seed(seed, epoch, position))
 
 
 class LDStream(IterableDataset):
     """One rank's batches for an :class:`EpochPlan`; shards its steps over loader workers.
 
     ``output``: 'views' (LD view tensors, see ``ldisc.views``), 'images' (decoded PIL
-    images), or 'ids' (metadata only, nothing read). Every batch carries ``positions``
+    images), 'decoded' (uint8 images and one view seed per pair, for views made on the training
+    device: ``ldisc.views_batch``) or 'ids' (metadata only, nothing read). Every batch carries ``positions``
     (int64 global positions in the epoch order), ``sample_ids``, ``step``, ``epoch``,
     ``version`` and ``corrupt`` (images replaced in this batch; when > 0, ``bad_shards`` names the shard of
-    each replaced image).
+    each replaced image). With a shard cache, ``shard_cache`` counts its events since the last batch.
     """
 
     def __init__(self, dataset: str, table: SampleTable, plan: EpochPlan, *, seed: int,
                  output: str = "views", view_config: Any = None, endpoint_url: str | None = None,
-                 fallback_size: int = 512):
+                 fallback_size: int = 512, cache: Any = None):
         if output not in OUTPUTS:
             raise ValueError(f"output {output!r}: one of {OUTPUTS}")
         self.dataset, self.table, self.plan, self.seed = dataset, table, plan, seed
         self.output, self.view_config, self.endpoint_url = output, view_config, endpoint_url
         self.fallback_size = fallback_size
+        self.cache = cache                 # ldisc.data.shard_cache.CacheSpec: whole shards of a remote store
 
     def _worker(self) -> tuple[int, int]:
         info = get_worker_info()
@@ -118,6 +126,12 @@ class LDStream(IterableDataset):
                                  for row, ok in zip(rows, self._decoded) if not ok]
         if self.output == "images":
             out["images"] = images
+        elif self.output == "decoded":     # data.views_device=accelerator: views made by the trainer
+            from ldisc.views import ViewConfig
+            from ldisc.views_batch import decoded_batch
+
+            seeds = [pair_seed(self.seed, p.epoch, int(q)) for q in positions[0::2]]
+            out.update(decoded_batch(images, seeds, self.view_config or ViewConfig()))
         else:
             out.update(self._views(images, positions))
         return out
@@ -125,11 +139,16 @@ class LDStream(IterableDataset):
     def __iter__(self):
         worker, num_workers = self._worker()
         reader = None
+        steps = order_mod.worker_steps(self.plan.n_steps, num_workers, worker)
         if self.output != "ids":
-            reader = SampleReader(open_store(self.dataset, self.endpoint_url), self.table)
+            reader = open_reader(open_store(self.dataset, self.endpoint_url), self.table, self.cache,
+                                 lambda: upcoming_shards(self.table, self.plan, steps))
         try:
-            for step in order_mod.worker_steps(self.plan.n_steps, num_workers, worker):
-                yield self.batch(reader, step)
+            for step in steps:
+                batch = self.batch(reader, step)
+                if isinstance(reader, CachedSampleReader):
+                    batch["shard_cache"] = reader.cache.take_stats()
+                yield batch
         finally:
             if reader is not None:
                 reader.close()

@@ -42,9 +42,10 @@ def palette(k: int) -> np.ndarray:
 def cluster_picture(images: torch.Tensor, masks: torch.Tensor) -> Image.Image:
     """Rows: one per image; columns: the image, the argmax map, then the K soft masks (white = 1).
 
-    ``images`` (B, 3, H, W) in [0, 1]; ``masks`` (B, K, H, W). The picture is (B·H) × ((K + 2)·W).
+    ``images`` (B, 3 or 1, H, W) in [0, 1]; ``masks`` (B, K, H, W). The picture is (B·H) × ((K + 2)·W).
     """
     b, k, h, w = masks.shape
+    images = to_channels(images, 3)                # X-ray probes are 1-channel
     img = (images.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     hard = palette(k)[masks.argmax(1).cpu().numpy()]                                   # (B, H, W, 3)
     soft = (masks.detach().float().clamp(0, 1) * 255).round().byte().cpu().numpy()      # (B, K, H, W)

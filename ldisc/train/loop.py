@@ -33,7 +33,7 @@ from ldisc.train import faults
 from ldisc.train.ds_config import build_ds_config
 from ldisc.train.engine import Engine
 from ldisc.train.clusters import ClusterProbe
-from ldisc.train.env import DistInfo, barrier, broadcast_object
+from ldisc.train.env import DistInfo
 from ldisc.metrics import run_name, textfile_name
 from ldisc.train.metrics import TrainMetrics
 from ldisc.train.rng import rng_state, set_rng_state
@@ -59,7 +59,7 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.collective = default_collective()
-        self.data: DataSource = data if data is not None else build_data_source(cfg, info.rank, info.world_size)
+        self.data: DataSource = data if data is not None else build_data_source(cfg, info.rank, info.world_size, device=info.device)
         self.val_data: DataSource | None = build_validation_source(cfg, info.rank, info.world_size)  # None unless train.val_fraction > 0
         self.val_start = self.val_data.position() if self.val_data is not None else None
         self.bank = build_bank(cfg.bank, self.collective, int(cfg.model.embed_dim), info.device)
@@ -189,6 +189,7 @@ class Trainer:
         if bad:
             self.metrics.observe_bad_samples(bad)
             self.bad_samples += len(bad)
+        self.metrics.observe_shard_cache(batch.pop("shard_cache", None))
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         self.engine.train()
         disc = self.shape_prior.discriminator if self.shape_prior else None

@@ -52,6 +52,10 @@ class TrainMetrics:
                                    "Samples replaced because they could not be read or decoded, by shard",
                                    labels + ["shard"], registry=r)
         self.last_success = conventions.last_success_gauge("ldisc_train", "pretraining run", r, labels)
+        from ldisc.data.shard_cache import CACHE_EVENTS
+
+        self.shard_cache = {event: Counter(f"ldisc_train_shard_cache_{event}_total", text, labels, registry=r)
+                            for event, text in CACHE_EVENTS.items()}
         self.max_rss = Gauge("ldisc_process_max_resident_memory_bytes", "Peak resident set size", labels, registry=r)
         self.rss = Gauge("ldisc_process_resident_memory_bytes", "Resident set size now", labels, registry=r)
         self.cluster_crispness = Gauge("ldisc_cluster_crispness", "Mean over pixels of max_k cluster mask",
@@ -100,6 +104,12 @@ class TrainMetrics:
     def observe_bad_samples(self, shards: list[str]) -> None:
         for shard in shards:
             self.bad_samples.labels(*self.key, shard).inc()
+
+    def observe_shard_cache(self, events: dict | None) -> None:
+        """Shard-cache events of a batch (``batch['shard_cache']``, ``ldisc.data.shard_cache``)."""
+        for event, n in (events or {}).items():
+            if event in self.shard_cache and n:
+                self.shard_cache[event].labels(*self.key).inc(n)
 
     def set_bank_fill(self, ratio: float) -> None:
         self.bank_fill.labels(*self.key).set(ratio)
