@@ -42,6 +42,12 @@ class TrainMetrics:
         self.bad_samples = Counter("ldisc_train_bad_samples_total",
                                    "Samples replaced because they could not be read or decoded, by shard",
                                    labels + ["shard"], registry=r)
+        self.manifest_version = Gauge("ldisc_train_manifest_version", "Dataset manifest version of the current "
+                                      "epoch (shards: new versions join at epoch boundaries)", labels, registry=r)
+        self.manifest_samples = Gauge("ldisc_train_manifest_samples", "Samples in that manifest version",
+                                      labels, registry=r)
+        self.store_retries = Counter("ldisc_data_store_retries_total", "Object-store reads retried after a "
+                                     "connection error or a 5xx answer", labels, registry=r)
         self.max_rss = Gauge("ldisc_process_max_resident_memory_bytes", "Peak resident set size", labels, registry=r)
         self.rss = Gauge("ldisc_process_resident_memory_bytes", "Resident set size now", labels, registry=r)
         self.cluster_crispness = Gauge("ldisc_cluster_crispness", "Mean over pixels of max_k cluster mask",
@@ -86,6 +92,12 @@ class TrainMetrics:
     def observe_bad_samples(self, shards: list[str]) -> None:
         for shard in shards:
             self.bad_samples.labels(self.rank, shard).inc()
+
+    def observe_data(self, version: int, samples: int, store_retries: int) -> None:
+        self.manifest_version.labels(self.rank).set(version)
+        self.manifest_samples.labels(self.rank).set(samples)
+        if store_retries:
+            self.store_retries.labels(self.rank).inc(store_retries)
 
     def set_bank_fill(self, ratio: float) -> None:
         self.bank_fill.labels(self.rank).set(ratio)
