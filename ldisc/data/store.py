@@ -160,13 +160,14 @@ class S3Store:
         """``fn()``, retried with backoff while the endpoint is unreachable, drops the connection or answers
         5xx/throttling, for up to ``retry_seconds``; every retry is counted (:func:`take_retries`)."""
         from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError, ResponseStreamingError
+        from botocore.exceptions import ConnectionError as EndpointDown     # refused, unreachable, timed out
 
         global _RETRIES
         deadline, delay = time.monotonic() + self.retry_seconds, 0.25
         while True:
             try:
                 return fn()
-            except (HTTPClientError, ResponseStreamingError, IncompleteReadError, ClientError) as e:
+            except (EndpointDown, HTTPClientError, ResponseStreamingError, IncompleteReadError, ClientError) as e:
                 response = getattr(e, "response", None) or {}
                 status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
                 code = response.get("Error", {}).get("Code")

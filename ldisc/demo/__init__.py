@@ -39,7 +39,7 @@ def pretrain_argv(size: DemoSize, run_dir: Path, dataset: Path, port: int) -> li
         "data=shards", f"data.dataset={dataset}", f"data.size={size.train_px}", "data.num_workers=0",
         f"data.weights={weights}", f"data.epoch_samples={size.epoch_samples}", "bank=fifo", "bank.size=4096",
         "train.batch_size=2", f"train.stage1_steps={size.stage1}", f"train.stage2_steps={size.stage2}",
-        f"train.checkpoint_every={size.checkpoint_every}", "train.keep_checkpoints=100", "train.val_fraction=0.25",
+        f"train.checkpoint_every={size.checkpoint_every}", "train.keep_checkpoints=100", "train.val_fraction=0.3",
         f"metrics.port={port}", "metrics.linger_s=3", "threads=1")
 
 
@@ -109,7 +109,7 @@ def applications(size: DemoSize, out: Path, drops: dict, dataset: Path, final: P
                          f"data.weights={{{HOSPITAL_A.name}/fundus:1,{HOSPITAL_B.name}/fundus:1}}",
                          f"data.epoch_samples={size.epoch_samples}", "train.batch_size=2",
                          f"train.stage2_steps={size.shape_steps}", f"train.checkpoint_every={size.shape_steps}",
-                         "train.val_fraction=0", "threads=2"))
+                         "train.val_fraction=0", "threads=1"))
     from ldisc.train.checkpoint import latest_checkpoint
 
     seg = out / "apps" / "segment"
@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints = [str(final), *([str(best)] if best and best != final else []), "random"]
     eval_dir = out / "eval"
     run_step("5/6 evaluate final" + (", best" if best and best != final else "") + " and random init on the 12 "
-             "synthetic twins + landmark and shape-guided tasks (Ray fleet)", eval_argv(checkpoints, size, eval_dir))
+             "synthetic twins + landmark and shape-guided tasks (Ray fleet)", eval_argv(checkpoints, size, eval_dir),
+             retry_ray=True)
     print("\n=== 6/6 report", flush=True)
     report = write_report(out, run_dir, eval_dir, final, drops, apps)
 

@@ -148,10 +148,10 @@ def save_checkpoint(run_dir: str | Path, step: int, write: Callable[[Path], None
             _fsync_dir_files(tmp, only=(MARKER,))
             integrity.write_manifest(tmp)          # last: checksums of every file above
     except (OSError, RuntimeError) as err:     # disk full, quota, I/O error: the previous checkpoint stays
-        if isinstance(err, RuntimeError) and "write" not in str(err):   # torch.save reports write errors so
+        if isinstance(err, RuntimeError) and not _write_failure(err, root):
             raise
         shutil.rmtree(tmp, ignore_errors=True)
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else " ".join(str(err).split())[-160:]
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else _write_reason(err, root)
         raise CheckpointSaveError(f"checkpoint {final.name} not saved in {root}: {reason}; newest complete "
                                   f"checkpoint: {latest_checkpoint(run_dir) or 'none'}") from err
     if rank == 0:
@@ -161,6 +161,18 @@ def save_checkpoint(run_dir: str | Path, step: int, write: Callable[[Path], None
         prune(run_dir, keep)
     barrier()
     return final, time.perf_counter() - started
+
+
+def _write_failure(err: RuntimeError, root: Path) -> bool:
+    """Whether torch.save's RuntimeError is a failed write (its zip writer does not raise OSError)."""
+    text = str(err)
+    return "write" in text or "unexpected pos" in text or shutil.disk_usage(root).free < (1 << 20)
+
+
+def _write_reason(err: Exception, root: Path) -> str:
+    free = shutil.disk_usage(root).free
+    what = "No space left on device" if free < (1 << 20) else "write failed"
+    return f"{what} ({free} bytes free; {' '.join(str(err).split())[-120:]})"
 
 
 class CheckpointSaveError(OSError):
