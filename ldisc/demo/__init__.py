@@ -68,16 +68,16 @@ def stream_in(size: DemoSize, out: Path, drops: dict, dataset: Path, run_dir: Pa
         prom = out / "ingest-metrics.prom"
         b1 = ingest(HOSPITAL_B, drops[HOSPITAL_B] / "images", dataset, size.image_px,
                     "3/6 stream in: ingest hospital B into the same dataset while the job trains", prom)
+        now = scrape(port) or {}
+        print(f"\n=== 4/6 scrape http://127.0.0.1:{port}/metrics (rank 0): step {now.get('steps', 0):.0f}, "
+              f"{now.get('images_per_s', 0):.1f} images/s, data wait {1000 * now.get('data_wait', 0):.0f} ms/step "
+              f"(step {1000 * now.get('step_seconds', 0):.0f} ms)", flush=True)
         b2 = ingest(HOSPITAL_B, drops[HOSPITAL_B] / "images", dataset, size.image_px,
                     "3/6 ingest hospital B again (idempotent)", prom)
         print(f"--- hospital B: first ingest added {b1['added']} → version {b1['version']}; "
               f"second added {b2['added']} → version {b2['version']}", flush=True)
         if b2["added"] != 0 or b2["version"] != b1["version"]:
             raise SystemExit("demo: re-ingesting hospital B changed the dataset")
-        now = scrape(port) or {}
-        print(f"\n=== 4/6 scrape http://127.0.0.1:{port}/metrics (rank 0): step {now.get('steps', 0):.0f}, "
-              f"{now.get('images_per_s', 0):.1f} images/s, data wait {1000 * now.get('data_wait', 0):.0f} ms/step "
-              f"(step {1000 * now.get('step_seconds', 0):.0f} ms)", flush=True)
         seen = wait_for(proc, port, lambda f: f.get("manifest_version", 0) >= b1["version"],
                         f"it took manifest version {b1['version']}")
         print(f"\n--- the running job took manifest version {seen['manifest_version']:.0f} at its epoch boundary: "

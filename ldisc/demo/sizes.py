@@ -22,7 +22,7 @@ class DemoSize:
 
 
 SIZES = {
-    "tiny": DemoSize("tiny", images=20, image_px=128, train_px=64, stage1=12, stage2=8, checkpoint_every=4,
+    "tiny": DemoSize("tiny", images=20, image_px=128, train_px=64, stage1=16, stage2=8, checkpoint_every=4,
                      epoch_samples=32, eval_labels=4, eval_max_test=4, protocol="smoke", shape_steps=4),
     "default": DemoSize("default", images=48, image_px=256, train_px=96, stage1=60, stage2=30, checkpoint_every=15,
                         epoch_samples=48, eval_labels=8, eval_max_test=8, protocol="demo", shape_steps=20),

@@ -38,6 +38,7 @@ def demo_env(extra: dict | None = None) -> dict:
 
     env = launch_env()
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("RAY_raylet_start_wait_time_s", "120")      # a local Ray on a busy machine needs longer than 30 s
     env.update(extra or {})
     return env
 
