@@ -53,13 +53,14 @@ def run_step(title: str, argv: list[str], env: dict | None = None, capture: bool
     print(f"\n=== {title}\n$ {' '.join(a if ' ' not in a else repr(a) for a in argv[2:])}", flush=True)
     started = time.perf_counter()
     if capture or retry_ray:
-        proc = subprocess.Popen(argv, env=env or demo_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        lines = []
-        for line in proc.stdout:
-            print(line, end="", flush=True)
-            lines.append(line)
+        proc = subprocess.Popen(argv, env=env or demo_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        chunks = []
+        while chunk := os.read(proc.stdout.fileno(), 4096):     # as it comes: progress bars redraw in place
+            sys.stdout.write(chunk.decode(errors="replace"))
+            sys.stdout.flush()
+            chunks.append(chunk)
         proc.wait()
-        output = "".join(lines)
+        output = b"".join(chunks).decode(errors="replace")
     else:
         proc, output = subprocess.run(argv, env=env or demo_env()), ""
     if proc.returncode != 0 and retry_ray and RAY_START_TIMEOUT in output:
