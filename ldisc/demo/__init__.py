@@ -40,7 +40,7 @@ def pretrain_argv(size: DemoSize, run_dir: Path, dataset: Path, port: int) -> li
         f"data.weights={weights}", f"data.epoch_samples={size.epoch_samples}", "bank=fifo", "bank.size=4096",
         "train.batch_size=2", f"train.stage1_steps={size.stage1}", f"train.stage2_steps={size.stage2}",
         f"train.checkpoint_every={size.checkpoint_every}", "train.keep_checkpoints=100", "train.val_fraction=0.3",
-        f"metrics.port={port}", "metrics.linger_s=3", "threads=1")
+        f"metrics.port={port}", "metrics.linger_s=5", "threads=1")
 
 
 def eval_argv(checkpoints: list[str], size: DemoSize, out_dir: Path) -> list[str]:
@@ -72,24 +72,45 @@ def stream_in(size: DemoSize, out: Path, drops: dict, dataset: Path, run_dir: Pa
         print(f"\n=== 4/6 scrape http://127.0.0.1:{port}/metrics (rank 0): step {now.get('steps', 0):.0f}, "
               f"{now.get('images_per_s', 0):.1f} images/s, data wait {1000 * now.get('data_wait', 0):.0f} ms/step "
               f"(step {1000 * now.get('step_seconds', 0):.0f} ms)", flush=True)
+        seen = taken_version(proc, port, run_dir, b1["version"])
+        print(f"\n--- the running job took manifest version {seen['manifest_version']} at its epoch boundary: "
+              f"{first['manifest_samples']:.0f} → {seen['samples']} samples (from step {seen['step'] + 1}; its log "
+              f"line, {run_dir / 'data_versions.jsonl'} and ldisc_train_manifest_version say so)", flush=True)
         b2 = ingest(HOSPITAL_B, drops[HOSPITAL_B] / "images", dataset, size.image_px,
                     "3/6 ingest hospital B again (idempotent)", prom)
         print(f"--- hospital B: first ingest added {b1['added']} → version {b1['version']}; "
               f"second added {b2['added']} → version {b2['version']}", flush=True)
         if b2["added"] != 0 or b2["version"] != b1["version"]:
             raise SystemExit("demo: re-ingesting hospital B changed the dataset")
-        seen = wait_for(proc, port, lambda f: f.get("manifest_version", 0) >= b1["version"],
-                        f"it took manifest version {b1['version']}")
-        print(f"\n--- the running job took manifest version {seen['manifest_version']:.0f} at its epoch boundary: "
-              f"{first['manifest_samples']:.0f} → {seen['manifest_samples']:.0f} samples (step {seen['steps']:.0f})",
-              flush=True)
         if proc.wait() != 0:
             raise SystemExit(f"demo: pretraining failed with exit code {proc.returncode}")
     finally:
         if proc.poll() is None:
             proc.terminate()
     print(f"--- 2/6 pretrain: {time.perf_counter() - started:.1f} s", flush=True)
-    return {"port": port, "hospital_b": [b1, b2], "scrape": now, "pickup": seen}
+    return {"port": port, "hospital_b": [b1, b2], "scrape": now, "taken": seen}
+
+
+def taken_version(proc: subprocess.Popen, port: int, run_dir: Path, version: int) -> dict:
+    """The job's record of the epoch where it took manifest ``version``: seen on its metrics endpoint while it
+    runs, read from its ``data_versions.jsonl`` (the log of the switch) once it is there."""
+    def record() -> dict | None:
+        path = run_dir / "data_versions.jsonl"
+        rows = [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+        return next((r for r in rows if r["manifest_version"] >= version), None)
+
+    try:
+        wait_for(proc, port, lambda f: f.get("manifest_version", 0) >= version or record() is not None,
+                 f"it took manifest version {version}")
+    except SystemExit:
+        if record() is None:
+            raise SystemExit(f"demo: the pretraining job ended before an epoch boundary after version {version} "
+                             "landed (a faster machine than the demo sizes assume: more steps, see ldisc/demo/sizes.py)")
+    for _ in range(40):              # the gauge and the log line are written together; give the file a moment
+        if (found := record()) is not None:
+            return found
+        time.sleep(0.25)
+    raise SystemExit(f"demo: the job reports manifest version {version} but did not log the switch")
 
 
 def applications(size: DemoSize, out: Path, drops: dict, dataset: Path, final: Path, stage1: Path) -> dict:
