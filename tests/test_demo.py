@@ -23,7 +23,8 @@ def test_tiny_demo_runs_the_three_jobs_together(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "second added 0" in proc.stdout
     versions = [json.loads(x) for x in (out / "pretrain" / "data_versions.jsonl").read_text().splitlines()]
-    assert [(v["manifest_version"], v["samples"]) for v in versions] == [(2, 40), (3, 60)] and versions[1]["step"] > 0
+    assert [v["manifest_version"] for v in versions] == [2, 3] and versions[1]["step"] > 0
+    assert versions[1]["samples"] - versions[0]["samples"] == 20          # hospital B's images, once
     assert "images/s, data wait" in proc.stdout
     rows = pq.read_table(out / "eval" / "results.parquet").to_pylist()
     tasks = {r["task"].split("@")[0] for r in rows if r["status"] == "ok"}
