@@ -2,6 +2,8 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# make demo DEMO_SIZE=tiny: the smoke-sized demo (<= 5 min); default: the full demo (<= 15 min)
+DEMO_SIZE ?= default
 
 export DS_ACCELERATOR ?= cpu
 export DS_BUILD_OPS ?= 0
@@ -21,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m ldisc.demo
+	$(BIN)/python -m ldisc.demo --size $(DEMO_SIZE)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,24 +1,28 @@
-"""The hardening drills of issue 9: each failure found by the probes, the test that reproduces it, and
-whether it passes now. Prints one JSON object.
+"""Drills: each failure mode, the test that reproduces it, and whether it passes now. Prints one JSON object.
 
-    python bench/drills.py            # every drill (several minutes on 2 loaded cores)
-    python bench/drills.py --only ray_listens_on_all_interfaces
+    python bench/drills.py                    # every group (many minutes on 2 loaded cores)
+    python bench/drills.py --group faults     # the issue-15 fault drills only
+    python bench/drills.py --only s3_outage corrupt_shard
 
-Each test reproduces the failure against the old behaviour: it failed on the commit before the fix. The
-table of what failed before is kept in ``BEFORE`` with what the probe saw there.
+Group ``hardening`` (issue 9): each test failed on the commit before its fix; ``BEFORE`` keeps what the probe
+saw there. Group ``faults`` (issue 15): kills, corruption, outages and a full disk while the product works.
+Their tests write their figures (samples lost, duplicates, time to recover, retries, ...) to the file named
+by ``$LDISC_DRILL_RECORD``; a fault drill passes when its tests pass and no sample was lost or repeated.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-DRILLS = {
+HARDENING = {
     "ray_listens_on_all_interfaces": "tests/test_listeners.py::test_local_ray_fleet_listens_on_loopback_only_and_requires_its_token",
     "single_process_tcpstore_on_all_interfaces": "tests/test_listeners.py::test_single_process_pretraining_listens_on_loopback_only",
     "two_process_stores_on_all_interfaces": "tests/test_listeners.py::test_two_process_pretraining_listens_on_loopback_only",
@@ -47,22 +51,67 @@ BEFORE = {
     "shard_cli_sigabrt_at_exit": "1 of 120 verify runs: rc 134, 'terminate called without an active exception'",
 }
 
+_D = "tests/test_fault_drills.py::"
+FAULTS = {
+    "kill_training_rank": [f"{_D}test_kill_a_rank_mid_epoch_under_ldisc_launch_resumes_exactly",
+                           "tests/test_fault_tolerance.py::test_kill_one_rank_mid_epoch_then_resume_exactly"],
+    "kill_during_checkpoint_save": [
+        "tests/test_fault_tolerance.py::test_crash_during_save_keeps_previous_checkpoint",
+        "tests/test_checkpoint_integrity.py::test_resume_auto_falls_back_past_a_truncated_newest_checkpoint"],
+    "kill_ingest_and_rerun": ["tests/test_shard_crash_concurrency.py::test_sigkill_mid_commit_then_rerun_equals_clean_run"],
+    "corrupt_shard": [f"{_D}test_corrupt_shards_are_named_by_verify_and_skipped_and_counted_by_training"],
+    "kill_ray_worker_during_eval": ["tests/test_eval_fleet.py::test_fleet_survives_a_killed_worker_and_reruns_nothing"],
+    "concurrent_ingests": ["tests/test_shard_crash_concurrency.py::test_concurrent_local_ingests_both_land",
+                           "tests/test_shard_crash_concurrency.py::test_s3_ingest_verify_and_concurrent_optimistic_commits"],
+    "s3_outage": [f"{_D}test_s3_outage_during_a_training_run_is_retried_and_counted",
+                  f"{_D}test_s3_outage_mid_epoch_loader_retries_and_loses_nothing"],
+    "disk_full_checkpoint_save": [f"{_D}test_disk_full_during_a_checkpoint_save_real_tmpfs",
+                                  f"{_D}test_disk_full_during_a_checkpoint_save_injected_enospc"],
+}
+GROUPS = {"hardening": HARDENING, "faults": FAULTS}
 
-def run(name: str) -> dict:
+
+def _pytest(tests: list[str], record: Path | None = None) -> tuple[bool, str, float]:
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "", "-p", "no:cacheprovider", DRILLS[name]],
-                         cwd=REPO, capture_output=True, text=True)
-    tail = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-200:]
-    return {"before": BEFORE[name], "passing": out.returncode == 0, "pytest": tail,
-            "seconds": round(time.perf_counter() - t0, 1)}
+    env = dict(os.environ, **({"LDISC_DRILL_RECORD": str(record)} if record else {}))
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "", "-p", "no:cacheprovider", "-rs", *tests],
+                         cwd=REPO, capture_output=True, text=True, env=env)
+    lines = out.stdout.strip().splitlines()
+    tail = lines[-1] if lines else out.stderr[-200:]
+    return out.returncode == 0, tail, round(time.perf_counter() - t0, 1)
+
+
+def run_hardening(name: str) -> dict:
+    passing, tail, seconds = _pytest([HARDENING[name]])
+    return {"before": BEFORE[name], "passing": passing, "pytest": tail, "seconds": seconds}
+
+
+def run_fault(name: str) -> dict:
+    with tempfile.TemporaryDirectory(prefix="ldisc-drill-") as tmp:
+        record = Path(tmp) / "record.jsonl"
+        passing, tail, seconds = _pytest(FAULTS[name], record)
+        figures = [json.loads(x) for x in record.read_text().splitlines()] if record.is_file() else []
+    lost = sum(int(f.get("samples_lost") or 0) for f in figures)
+    dups = sum(int(f.get("duplicates") or 0) for f in figures)
+    recover = [f["recover_s"] for f in figures if f.get("recover_s") is not None]
+    return {"passing": passing and bool(figures) and lost == 0 and dups == 0, "samples_lost": lost,
+            "duplicates": dups, "time_to_recover_s": max(recover) if recover else None,
+            "tests": FAULTS[name], "pytest": tail, "seconds": seconds,
+            "figures": [{k: v for k, v in f.items() if k != "drill"} for f in figures]}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", nargs="*", choices=sorted(DRILLS))
+    ap.add_argument("--group", choices=["all", *GROUPS], default="all")
+    ap.add_argument("--only", nargs="*", choices=sorted([*HARDENING, *FAULTS]))
     args = ap.parse_args()
-    results = {name: run(name) for name in (args.only or DRILLS)}
-    print(json.dumps({"bench": "drills", "passing": sum(r["passing"] for r in results.values()),
+    groups = list(GROUPS) if args.group == "all" else [args.group]
+    results = {}
+    for group in groups:
+        names = [n for n in GROUPS[group] if not args.only or n in args.only]
+        run = run_fault if group == "faults" else run_hardening
+        results.update({name: {"group": group, **run(name)} for name in names})
+    print(json.dumps({"bench": "drills", "date": time.strftime("%Y-%m-%d"), "passing": sum(r["passing"] for r in results.values()),
                       "total": len(results), "drills": results}, indent=1))
     return 0 if all(r["passing"] for r in results.values()) else 1
 

@@ -78,8 +78,11 @@ def _local_command(ln) -> tuple[list[str] | None, dict | None]:
     if ln.entry == "pretrain":
         from ldisc.train.env import free_port
 
-        spec = TorchrunSpec(nproc=int(ln.launch["procs_per_node"]), rdzv_endpoint=f"127.0.0.1:{free_port()}")
-        return torchrun_command(spec, ln.overrides), launch_env(ln.launch["local"]["threads"])
+        spec = TorchrunSpec(nproc=int(ln.launch["procs_per_node"]), rdzv_endpoint=f"127.0.0.1:{free_port()}",
+                            max_restarts=int(ln.launch["max_restarts"]))
+        # as on Kubernetes: a restarted job continues from its newest complete checkpoint (an explicit
+        # train.resume=… later on the command line wins)
+        return torchrun_command(spec, ["train.resume=auto", *ln.overrides]), launch_env(ln.launch["local"]["threads"])
     if ln.entry == "eval":
         return [sys.executable, "-m", "ldisc.eval.cli", *ln.overrides], launch_env(ln.launch["local"]["threads"])
     return None, None

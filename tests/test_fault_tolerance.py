@@ -10,6 +10,7 @@ import sys
 
 from test_train import REPO, TINY, cli_env, finish, losses_without_timing, sample_log, start_torchrun
 
+from _drill import lost_and_duplicates, record
 from ldisc.train.checkpoint import TMP_PREFIX, latest_checkpoint
 from ldisc.train.env import free_port
 
@@ -27,7 +28,8 @@ def test_kill_one_rank_mid_epoch_then_resume_exactly(tmp_path):
     # run both jobs at once: 2 × 2 single-thread ranks
     p_ref = start_torchrun(_overrides(ref), free_port())
     p_bad = start_torchrun(_overrides(faulty), free_port(), max_restarts=1,
-                           env=cli_env(LDISC_FAULT_KILL_AT_STEP="7", LDISC_FAULT_KILL_RANK="1"))
+                           env=cli_env(LDISC_FAULT_KILL_AT_STEP="7", LDISC_FAULT_KILL_RANK="1",
+                                       LDISC_FAULT_LOG=str(tmp_path / "faults.jsonl")))
     finish(p_ref)
     out = finish(p_bad)
     assert "Signals.SIGKILL" in out or "exitcode: -9" in out, out[-3000:]
@@ -40,6 +42,10 @@ def test_kill_one_rank_mid_epoch_then_resume_exactly(tmp_path):
         assert [r["step"] for r in seen] == list(range(1, 9))
         assert seen == sample_log(ref, rank)
     assert latest_checkpoint(faulty).name == "step_0000008"
+    ids = [[k for rank in (0, 1) for r in sample_log(run, rank) for k in r["keys"]] for run in (ref, faulty)]
+    lost, dups = lost_and_duplicates(*ids)
+    kill = json.loads((tmp_path / "faults.jsonl").read_text().splitlines()[0])
+    record("kill_training_rank", samples_lost=lost, duplicates=dups, recover_s=round(resumes[0]["time"] - kill["time"], 1))
 
 
 def test_crash_during_save_keeps_previous_checkpoint(tmp_path):
@@ -56,7 +62,11 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert latest_checkpoint(tmp_path).name == "step_0000004"
     assert not list((tmp_path / "checkpoints").glob(f"{TMP_PREFIX}*"))
-    assert [r["step"] for r in losses_without_timing(tmp_path)] == [1, 2, 3, 4]
+    steps = [r["step"] for r in losses_without_timing(tmp_path)]
+    assert steps == [1, 2, 3, 4]
+    lost, dups = lost_and_duplicates([1, 2, 3, 4], steps)
+    record("kill_during_checkpoint_save", samples_lost=lost, duplicates=dups, unit="steps",
+           resumed_from=json.loads((tmp_path / "resumes.jsonl").read_text().splitlines()[0])["step"])
 
 
 def test_resume_on_fewer_ranks(tmp_path):

@@ -231,7 +231,8 @@ def test_ray_and_local_dry_runs_show_the_command(capsys):
     assert main(["pretrain", "--target", "local", "--dry-run", "launch.procs_per_node=3", "run_dir=runs/x"]) == 0
     argv = capsys.readouterr().out.split()
     assert argv[1:3] == ["-m", "ldisc.train.torchrun_loopback"] and argv[argv.index("--nproc-per-node") + 1] == "3"
-    assert argv[-3:] == ["-m", "ldisc.train.cli", "run_dir=runs/x"]
+    assert argv[-4:] == ["-m", "ldisc.train.cli", "train.resume=auto", "run_dir=runs/x"]   # a restart resumes
+    assert argv[argv.index("--max-restarts") + 1] == "3"                                     # launch.max_restarts
     assert main(["ingest", "--target", "local", "--dry-run", *INGEST, "launch.ingest.dataset=/d"]) == 0
     assert capsys.readouterr().out.split()[:6] == ["ldisc-shard", "ingest", "/data/drop/h7", "--dataset", "/d", "--site"]
 

@@ -14,6 +14,7 @@ import torch
 
 from _data_fixtures import PYTHON, REPO, cli_env, gray_image, run_cli, write_image
 from _s3_server import local_s3
+from _drill import lost_and_duplicates, record
 from ldisc.data import latest_version, open_store, read_manifest
 
 
@@ -55,8 +56,12 @@ def test_sigkill_mid_commit_then_rerun_equals_clean_run(tmp_path):
     written = [n for n in os.listdir(shard_dir) if n.endswith(".tar")]
     assert 0 < len(written) < 60, "the kill should land while shards are being written"
     assert latest_version(open_store(crashed)) == 0  # nothing half-committed is visible
+    t0 = time.monotonic()
     run_cli(*ingest_args(src, str(crashed), tmp_path, "rerun"))
     assert comparable(str(crashed)) == comparable(clean)
+    ids = [read_manifest(open_store(d)).samples.column("sample_id").to_pylist() for d in (clean, crashed)]
+    lost, dups = lost_and_duplicates(*ids)
+    record("kill_ingest_and_rerun", samples_lost=lost, duplicates=dups, recover_s=round(time.monotonic() - t0, 1))
     assert "0 problems" in run_cli("verify", str(crashed)).stdout
 
 
@@ -73,6 +78,8 @@ def check_union(dataset: str, expected: int) -> None:
     ids = m.samples.column("sample_id").to_pylist()
     assert m.version == 2 and len(ids) == len(set(ids)) == expected
     assert sum(m.shards.column("samples").to_pylist()) == expected
+    record("concurrent_ingests", dataset=dataset.split("://")[0] if "://" in dataset else "local",
+           samples_lost=expected - len(set(ids)), duplicates=len(ids) - len(set(ids)), versions=m.version)
 
 
 def test_concurrent_local_ingests_both_land(tmp_path):

@@ -13,13 +13,31 @@ Both expose the same small interface, keyed by '/'-separated relative keys:
 
 ``open_store(url)`` picks the backend: ``s3://bucket/prefix`` or a filesystem path.
 The S3 endpoint comes from ``endpoint_url`` or the standard ``AWS_ENDPOINT_URL`` env.
+
+An S3 call that fails on the way (endpoint down, connection reset, timeout, a 5xx or throttling answer) is
+retried with exponential backoff (0.25 s doubling to 4 s, with jitter) for up to
+``$LDISC_S3_RETRY_SECONDS`` (default 120 s); each retry is counted, and ``take_retries()`` hands the
+count to the trainer (metric ``ldisc_data_store_retries_total``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import random
+import time
 import uuid
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+_RETRIES = 0          # S3 calls retried by this process since the last take_retries()
+
+
+def take_retries() -> int:
+    """S3 calls this process retried since the previous call (and reset the count)."""
+    global _RETRIES
+    n, _RETRIES = _RETRIES, 0
+    return n
 
 
 class StoreError(RuntimeError):
@@ -140,10 +158,38 @@ class S3Store:
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
         self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
-        self.client = boto3.client(
+        self.retry_seconds = float(os.environ.get("LDISC_S3_RETRY_SECONDS", 120))
+        self.client = boto3.client(      # one attempt per call: _call retries, with backoff, and counts
             "s3", endpoint_url=self.endpoint_url,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+            config=Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=5, read_timeout=30),
         )
+
+    def _call(self, method: str, **kwargs):
+        """``self.client.<method>(**kwargs)``, retried (see :meth:`_retry`)."""
+        return self._retry(method, lambda: getattr(self.client, method)(**kwargs))
+
+    def _retry(self, what: str, fn):
+        """``fn()``, retried with backoff while the endpoint is unreachable, drops the connection or answers
+        5xx/throttling, for up to ``retry_seconds``; every retry is counted (:func:`take_retries`)."""
+        from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError, ResponseStreamingError
+        from botocore.exceptions import ConnectionError as EndpointDown     # refused, unreachable, timed out
+
+        global _RETRIES
+        deadline, delay = time.monotonic() + self.retry_seconds, 0.25
+        while True:
+            try:
+                return fn()
+            except (EndpointDown, HTTPClientError, ResponseStreamingError, IncompleteReadError, ClientError) as e:
+                response = getattr(e, "response", None) or {}
+                status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                code = response.get("Error", {}).get("Code")
+                transient = not isinstance(e, ClientError) or status >= 500 or code in ("SlowDown", "Throttling")
+                if not transient or time.monotonic() + delay > deadline:
+                    raise
+                _RETRIES += 1
+                log.warning("%s %s: %s; retrying in %.2f s", self.url, what, e, delay)
+                time.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(2 * delay, 4.0)
 
     def __getstate__(self):  # boto3 clients do not pickle: rebuild in the child
         return {"bucket": self.bucket, "prefix": self.prefix, "endpoint_url": self.endpoint_url}
@@ -156,16 +202,16 @@ class S3Store:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)
+        self._call("put_object", Bucket=self.bucket, Key=self._k(key), Body=data)
 
     def put_file(self, key: str, local_path: str | os.PathLike) -> None:
-        self.client.upload_file(str(local_path), self.bucket, self._k(key))
+        self._call("upload_file", Filename=str(local_path), Bucket=self.bucket, Key=self._k(key))
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data, IfNoneMatch="*")
+            self._call("put_object", Bucket=self.bucket, Key=self._k(key), Body=data, IfNoneMatch="*")
             return True
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
@@ -176,13 +222,15 @@ class S3Store:
         from botocore.exceptions import ClientError
 
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._k(key))["Body"].read()
+            return self._retry("get_object", lambda: self.client.get_object(
+                Bucket=self.bucket, Key=self._k(key))["Body"].read())
         except ClientError as e:
             raise StoreError(f"cannot read {key!r} from {self.url}: {e}") from e
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         rng = f"bytes={start}-{start + length - 1}"
-        return self.client.get_object(Bucket=self.bucket, Key=self._k(key), Range=rng)["Body"].read()
+        return self._retry("get_object", lambda: self.client.get_object(
+            Bucket=self.bucket, Key=self._k(key), Range=rng)["Body"].read())
 
     def iter_bytes(self, key: str, chunk: int = 1 << 20):
         """The whole object in chunks: one GET, streamed (whole-shard downloads, ``ldisc.data.shard_cache``)."""
@@ -198,13 +246,13 @@ class S3Store:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._k(key))
+            self._call("head_object", Bucket=self.bucket, Key=self._k(key))
             return True
         except ClientError:
             return False
 
     def size(self, key: str) -> int:
-        return self.client.head_object(Bucket=self.bucket, Key=self._k(key))["ContentLength"]
+        return self._call("head_object", Bucket=self.bucket, Key=self._k(key))["ContentLength"]
 
     def list(self, prefix: str = "") -> list[str]:
         if ".." in prefix.split("/") or prefix.startswith("/"):
@@ -212,12 +260,15 @@ class S3Store:
         base = self.prefix + "/" if self.prefix else ""
         full, strip = base + prefix, len(base)
         out = []
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+        page = {"IsTruncated": True}
+        while page.get("IsTruncated"):
+            more = {"ContinuationToken": page["NextContinuationToken"]} if "NextContinuationToken" in page else {}
+            page = self._call("list_objects_v2", Bucket=self.bucket, Prefix=full, **more)
             out.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
         return sorted(out)
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._k(key))
+        self._call("delete_object", Bucket=self.bucket, Key=self._k(key))
 
     def local_path(self, key: str) -> None:
         return None

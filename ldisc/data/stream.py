@@ -22,7 +22,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from . import order as order_mod
 from .samples import SampleReader, SampleTable
 from .shard_cache import CachedSampleReader, open_reader, upcoming_shards
-from .store import open_store
+from .store import open_store, take_retries
 
 OUTPUTS = ("views", "images", "ids", "decoded")
 
@@ -67,8 +67,10 @@ class LDStream(IterableDataset):
     images), 'decoded' (uint8 images and one view seed per pair, for views made on the training
     device: ``ldisc.views_batch``) or 'ids' (metadata only, nothing read). Every batch carries ``positions``
     (int64 global positions in the epoch order), ``sample_ids``, ``step``, ``epoch``,
-    ``version`` and ``corrupt`` (images replaced in this batch; when > 0, ``bad_shards`` names the shard of
-    each replaced image). With a shard cache, ``shard_cache`` counts its events since the last batch.
+    ``version`` (with ``version_samples``, its sample count), ``corrupt`` (images replaced in this batch; when
+    > 0, ``bad_shards`` names the shard of each replaced image) and ``store_retries`` (object-store reads this
+    process retried since its previous batch). With a shard cache, ``shard_cache`` counts its events since
+    the last batch.
     """
 
     def __init__(self, dataset: str, table: SampleTable, plan: EpochPlan, *, seed: int,
@@ -117,13 +119,15 @@ class LDStream(IterableDataset):
         positions = order_mod.rank_step_positions(p.start, step, p.world_size, p.rank, p.per_rank)
         rows = p.order[positions]
         out: dict = {"positions": torch.from_numpy(positions), "sample_ids": list(self.table.sample_id[rows]),
-                     "step": step, "epoch": p.epoch, "version": p.version, "corrupt": 0}
+                     "step": step, "epoch": p.epoch, "version": p.version, "version_samples": len(self.table),
+                     "corrupt": 0}
         if self.output == "ids":
             return out
         images, out["corrupt"] = self._images(reader, rows)
         if out["corrupt"]:
             out["bad_shards"] = [self.table.shard_keys[self.table.shard_index[int(row)]]
                                  for row, ok in zip(rows, self._decoded) if not ok]
+        out["store_retries"] = take_retries()      # read retries of this process's store since its last batch
         if self.output == "images":
             out["images"] = images
         elif self.output == "decoded":     # data.views_device=accelerator: views made by the trainer

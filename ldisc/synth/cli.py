@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ldisc.cli_args import add_version
 
-from . import MASKS, MODALITIES, generate, sample_seed
+from . import MASKS, MODALITIES, SITES, generate, sample_seed
 from ._common import MAX_SIZE, MIN_SIZE
 
 
@@ -59,12 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--workers", type=_bounded_int(1), default=1,
                         help="worker processes (default 1)")
+    parser.add_argument("--site", default=None,
+                        help="acquisition look of every image (a name of ldisc.synth.SITES or its index; default: "
+                             "random per image)")
     return parser
 
 
-def write_sample(index: int, modality: str, size: int, seed: int, out: Path):
+def write_sample(index: int, modality: str, size: int, seed: int, out: Path, site: int | None = None):
     """Generate sample ``index`` and write its image and masks; return (id, landmarks)."""
-    sample = generate(modality, sample_seed(seed, index), size)
+    sample = generate(modality, sample_seed(seed, index), size, site=site)
     name = sample_id(modality, index)
     Image.fromarray(sample.image).save(out / "images" / f"{name}.png")
     for mask_name, mask in sample.masks.items():
@@ -88,7 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ldisc-synth: error: --out {out}: cannot create folders there ({err.strerror})", file=sys.stderr)
         return 2
 
-    work = partial(write_sample, modality=args.modality, size=args.size, seed=args.seed, out=out)
+    names = SITES[args.modality]
+    if args.site is not None and args.site not in names and not (args.site.isdigit() and int(args.site) < len(names)):
+        print(f"ldisc-synth: error: --site {args.site!r}: one of {', '.join(names)} (or 0..{len(names) - 1})",
+              file=sys.stderr)
+        return 2
+    site = None if args.site is None else (int(args.site) if args.site.isdigit() else names.index(args.site))
+    work = partial(write_sample, modality=args.modality, size=args.size, seed=args.seed, out=out, site=site)
     started = time.perf_counter()
     landmarks: dict[str, dict[str, list[float]]] = {}
     progress = tqdm(total=args.n, unit="img", desc=f"ldisc-synth {args.modality}")

@@ -168,26 +168,51 @@ def save_checkpoint(run_dir: str | Path, step: int, write: Callable[[Path], None
     root = checkpoint_root(run_dir)
     final = root / step_dir_name(step)
     tmp = root / f"{TMP_PREFIX}{final.name}"
+    try:
+        if rank == 0:
+            root.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(run_dir)
+            tmp.mkdir()
+        barrier()
+        write(tmp)
+        _fsync_dir_files(tmp)
+        barrier()
+        if rank == 0:
+            (tmp / "meta.json").write_text(json.dumps({"step": step, "time": time.time(), **(meta or {})}, indent=1))
+            _fsync_dir_files(tmp, only=("meta.json",))
+            (tmp / MARKER).write_text("ok\n")
+            _fsync_dir_files(tmp, only=(MARKER,))
+            integrity.write_manifest(tmp)          # last: checksums of every file above
+    except (OSError, RuntimeError) as err:     # disk full, quota, I/O error: the previous checkpoint stays
+        if isinstance(err, RuntimeError) and not _write_failure(err, root):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else _write_reason(err, root)
+        raise CheckpointSaveError(f"checkpoint {final.name} not saved in {root}: {reason}; newest complete "
+                                  f"checkpoint: {latest_checkpoint(run_dir) or 'none'}") from err
     if rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(run_dir)
-        tmp.mkdir()
-    barrier()
-    write(tmp)
-    _fsync_dir_files(tmp)
-    barrier()
-    if rank == 0:
-        (tmp / "meta.json").write_text(json.dumps({"step": step, "time": time.time(), **(meta or {})}, indent=1))
-        _fsync_dir_files(tmp, only=("meta.json",))
-        (tmp / MARKER).write_text("ok\n")
-        _fsync_dir_files(tmp, only=(MARKER,))
-        integrity.write_manifest(tmp)          # last: checksums of every file above
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
         prune(run_dir, keep)
     barrier()
     return final, time.perf_counter() - started
+
+
+def _write_failure(err: RuntimeError, root: Path) -> bool:
+    """Whether torch.save's RuntimeError is a failed write (its zip writer does not raise OSError)."""
+    text = str(err)
+    return "write" in text or "unexpected pos" in text or shutil.disk_usage(root).free < (1 << 20)
+
+
+def _write_reason(err: Exception, root: Path) -> str:
+    free = shutil.disk_usage(root).free
+    what = "No space left on device" if free < (1 << 20) else "write failed"
+    return f"{what} ({free} bytes free; {' '.join(str(err).split())[-120:]})"
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (e.g. no space left); the partial one is removed, older ones stay."""
 
 
 def remove_stale_temporaries(run_dir: str | Path) -> None:

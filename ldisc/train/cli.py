@@ -18,13 +18,14 @@ from ldisc.hydra_cli import start
 
 def _main(cfg: DictConfig) -> None:
     from ldisc.data.loader import BadDataError
+    from ldisc.train.checkpoint import CheckpointSaveError
     from ldisc.train.run import run_pretraining
 
     try:
         result = run_pretraining(cfg)
     except (ValueError, FileNotFoundError) as err:     # a setting or an input to change, not a bug
         usage_error("ldisc-pretrain", err)
-    except BadDataError as err:
+    except (BadDataError, CheckpointSaveError) as err:
         print(f"ldisc-pretrain: error: {err}", file=sys.stderr, flush=True)
         sys.exit(1)
     if int(os.environ.get("RANK", 0)) == 0 and result.checkpoint is not None:

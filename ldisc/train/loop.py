@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from ldisc.bank.build import build_bank, build_key_encoder, feed_bank
 from ldisc.config import to_dataclass
 from ldisc.data.build import build_data_source, build_validation_source
 from ldisc.data.source import SAMPLE_IDS, DataSource, load_position, save_position
+from ldisc.data.store import take_retries
 from ldisc.dist import barrier, broadcast_object, default_collective
 from ldisc.model import LDNet, load_stage1, save_encoder
 from ldisc.objectives.diagnostics import cluster_stats
@@ -82,6 +84,7 @@ class Trainer:
         self.cluster_log = JsonlLog(self.run_dir / "clusters.jsonl", enabled=self.rank == 0)
         self.cluster_probe: ClusterProbe | None = None
         self._mask_stats = None      # cluster statistics of this rank's last stage-2 micro-batch
+        self._data_version = None    # manifest version of the last shard batch (logged when it changes)
 
     # -- construction ---------------------------------------------------------------------------
     def _model(self, stage: int) -> LDNet:
@@ -121,6 +124,7 @@ class Trainer:
         full = self.engine.full_state_dict()
 
         def write(tmp: Path) -> None:
+            faults.maybe_fail_in_save(self.step, self.rank, tmp)
             self.engine.save(tmp)
             save_bank(self.bank, tmp / ckpt.BANK_DIR)
             torch.save(rng_state(), tmp / ckpt.rng_file(self.rank))
@@ -185,6 +189,7 @@ class Trainer:
         batch = self.data.next_batch()
         wait = time.perf_counter() - t0
         sample_ids.extend(batch.pop(SAMPLE_IDS))
+        self._note_data(batch)
         bad = batch.pop("bad_shards", None)
         if bad:
             self.metrics.observe_bad_samples(bad)
@@ -207,6 +212,23 @@ class Trainer:
         self.engine.step()
         feed_bank(self.bank, result.patch_vectors, self._key_batch(batch), self.key_encoder, self.engine.module)
         return 5 * batch["x1_1"].shape[0], wait
+
+    def _note_data(self, batch: dict) -> None:
+        """Shard batches: export the manifest version and store retries; log when the version changes (new
+        shards joined at this epoch boundary)."""
+        version = batch.pop("version", None)
+        samples, retries = batch.pop("version_samples", None), batch.pop("store_retries", 0)
+        if version is None:
+            return
+        self.metrics.observe_data(int(version), int(samples or 0), int(retries) + take_retries())
+        if version != self._data_version and self.rank == 0:
+            record = {"step": self.step, "epoch": int(batch.get("epoch", 0)), "manifest_version": int(version),
+                      "samples": int(samples or 0), "previous_version": self._data_version}
+            JsonlLog(self.run_dir / "data_versions.jsonl").append(record)
+            print(f"ldisc: step {self.step + 1}, epoch {record['epoch']}: manifest version {version} "
+                  f"({record['samples']} samples)" + (f", was {self._data_version}" if self._data_version else ""),
+                  file=sys.stderr, flush=True)
+        self._data_version = version
 
     def _key_source(self):
         """What the EMA key encoder copies: the engine's module (ZeRO-3 partitions it: not supported)."""

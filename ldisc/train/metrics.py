@@ -56,6 +56,12 @@ class TrainMetrics:
 
         self.shard_cache = {event: Counter(f"ldisc_train_shard_cache_{event}_total", text, labels, registry=r)
                             for event, text in CACHE_EVENTS.items()}
+        self.manifest_version = Gauge("ldisc_train_manifest_version", "Dataset manifest version of the current "
+                                      "epoch (shards: new versions join at epoch boundaries)", labels, registry=r)
+        self.manifest_samples = Gauge("ldisc_train_manifest_samples", "Samples in that manifest version",
+                                      labels, registry=r)
+        self.store_retries = Counter("ldisc_data_store_retries_total", "Object-store reads retried after a "
+                                     "connection error or a 5xx answer", labels, registry=r)
         self.max_rss = Gauge("ldisc_process_max_resident_memory_bytes", "Peak resident set size", labels, registry=r)
         self.rss = Gauge("ldisc_process_resident_memory_bytes", "Resident set size now", labels, registry=r)
         self.cluster_crispness = Gauge("ldisc_cluster_crispness", "Mean over pixels of max_k cluster mask",
@@ -110,6 +116,12 @@ class TrainMetrics:
         for event, n in (events or {}).items():
             if event in self.shard_cache and n:
                 self.shard_cache[event].labels(*self.key).inc(n)
+
+    def observe_data(self, version: int, samples: int, store_retries: int) -> None:
+        self.manifest_version.labels(*self.key).set(version)
+        self.manifest_samples.labels(*self.key).set(samples)
+        if store_retries:
+            self.store_retries.labels(*self.key).inc(store_retries)
 
     def set_bank_fill(self, ratio: float) -> None:
         self.bank_fill.labels(*self.key).set(ratio)

@@ -1,0 +1,5 @@
+import sys
+
+from ldisc.demo import main
+
+sys.exit(main())
