@@ -40,7 +40,7 @@ def _train_overrides(run_dir, ds, steps: int = STEPS, *extra: str) -> list[str]:
 
 
 def _trained_ids(run_dir: Path, rank: int = 0) -> list[str]:
-    return [k for line in (run_dir / f"samples.rank{rank}.jsonl").read_text().splitlines() for k in json.loads(line)["keys"]]
+    return [k for line in (run_dir / f"samples.rank{rank}.jsonl").read_text().splitlines() for k in json.loads(line)["sample_ids"]]
 
 
 def _expected_ids(ds, steps: int, **kw) -> list[str]:

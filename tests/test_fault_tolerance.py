@@ -42,7 +42,7 @@ def test_kill_one_rank_mid_epoch_then_resume_exactly(tmp_path):
         assert [r["step"] for r in seen] == list(range(1, 9))
         assert seen == sample_log(ref, rank)
     assert latest_checkpoint(faulty).name == "step_0000008"
-    ids = [[k for rank in (0, 1) for r in sample_log(run, rank) for k in r["keys"]] for run in (ref, faulty)]
+    ids = [[k for rank in (0, 1) for r in sample_log(run, rank) for k in r["sample_ids"]] for run in (ref, faulty)]
     lost, dups = lost_and_duplicates(*ids)
     kill = json.loads((tmp_path / "faults.jsonl").read_text().splitlines()[0])
     record("kill_training_rank", samples_lost=lost, duplicates=dups, recover_s=round(resumes[0]["time"] - kill["time"], 1))

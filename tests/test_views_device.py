@@ -77,22 +77,23 @@ def test_stream_decoded_batches_equal_view_batches_with_workers(dataset):
 
 def test_config_switch_wraps_the_train_source_only(dataset):
     from ldisc.config import compose
-    from ldisc.train.env import DistInfo
-    from ldisc.train.sources import build_data_source
+    from ldisc.data.build import build_data_source
+    from ldisc.views import view_config
 
     overrides = ["data=shards", f"data.dataset={dataset}", "data.size=16", "data.num_workers=0",
                  "data.modality=xray", "train.batch_size=2", "seed=3"]
-    info = DistInfo(0, 1, 0, torch.device("cpu"), False)
-    plain = build_data_source(compose("pretrain", overrides), info)
-    on_device = build_data_source(compose("pretrain", overrides + ["data.views_device=accelerator"]), info)
+    plain = build_data_source(compose("pretrain", overrides), 0, 1)
+    on_device = build_data_source(compose("pretrain", overrides + ["data.views_device=accelerator"]), 0, 1,
+                                  device=torch.device("cpu"))
     assert isinstance(on_device, DeviceViews) and on_device.output == "decoded"
-    val = StreamLoader.from_config(compose("pretrain", overrides + ["data.views_device=accelerator",
-                                                                    "data.cache_dir=/tmp/c", "data.cache_limit_gb=0.5"]),
-                                   rank=0, world_size=1, split="val")
+    cfg = compose("pretrain", overrides + ["data.views_device=accelerator", "data.cache_dir=/tmp/c",
+                                           "data.cache_limit_gb=0.5"])
+    val = StreamLoader.from_config(cfg.data, batch_size=2, seed=3, view_config=view_config(cfg), rank=0,
+                                   world_size=1, split="val")
     assert val.output == "views" and (val.cache_dir, val.cache_limit_gb, val.cache_prefetch) == ("/tmp/c", 0.5, 2)
     for _ in range(3):
         _assert_same_batch(on_device.next_batch(), plain.next_batch())
-    assert on_device.state_dict() == plain.state_dict()
+    assert on_device.position() == plain.position()
 
 
 @pytest.mark.slow
