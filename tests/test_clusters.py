@@ -78,6 +78,9 @@ def test_picture_has_one_row_per_image_and_k_plus_2_columns(tmp_path):
     assert int(arr[8 + 2, 16 + 4, 0]) == round(float(masks[1, 0, 2, 4]) * 255)  # soft mask 0 of image 1
     assert len({tuple(c) for c in palette(16).tolist()}) == 16
     assert cluster_picture(images, masks).size == pic.size
+    gray = np.asarray(cluster_picture(images[:, :1], masks))                   # X-ray inputs: 1 channel
+    assert gray.shape == arr.shape and (gray[:8, :8, 0] == gray[:8, :8, 2]).all()
+    assert int(gray[1, 2, 1]) == round(float(images[0, 0, 1, 2]) * 255)
 
 
 def test_stage2_run_logs_exports_and_draws_clusters(tmp_path):

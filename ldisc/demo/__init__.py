@@ -21,11 +21,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from ldisc.demo.live import scrape, wait_for
+from ldisc.demo.live import rate, scrape, wait_for
 from ldisc.demo.sizes import SIZES, DemoSize
 from ldisc.demo.steps import (HOSPITAL_A, HOSPITAL_B, XRAY_SITE, add_realdata, demo_env, ingest, module_argv,
                               patient_key_env, run_step, site_landmarks, synthesise)
@@ -68,9 +67,9 @@ def stream_in(size: DemoSize, out: Path, drops: dict, dataset: Path, run_dir: Pa
         prom = out / "ingest-metrics.prom"
         b1 = ingest(HOSPITAL_B, drops[HOSPITAL_B] / "images", dataset, size.image_px,
                     "3/6 stream in: ingest hospital B into the same dataset while the job trains", prom)
-        now = scrape(port) or {}
+        now = scrape(port) or first
         print(f"\n=== 4/6 scrape http://127.0.0.1:{port}/metrics (rank 0): step {now.get('steps', 0):.0f}, "
-              f"{now.get('images_per_s', 0):.1f} images/s, data wait {1000 * now.get('data_wait', 0):.0f} ms/step "
+              f"{rate(first, now, 'images'):.1f} images/s, data wait {1000 * now.get('data_wait', 0):.0f} ms/step "
               f"(step {1000 * now.get('step_seconds', 0):.0f} ms)", flush=True)
         seen = taken_version(proc, port, run_dir, b1["version"])
         print(f"\n--- the running job took manifest version {seen['manifest_version']} at its epoch boundary: "
@@ -183,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         ingest(site, drops[site] / "images", dataset, size.image_px, f"2/6 ingest {site.name}", prom)
     run_step("2/6 verify the dataset", module_argv("sharding.cli", "verify", str(dataset)))
     run_dir = out / "pretrain"
-    live = stream_in(size, out, drops, dataset, run_dir)
+    stream_in(size, out, drops, dataset, run_dir)
 
     from ldisc.train.checkpoint import best_checkpoint, latest_checkpoint, step_dir_name
 

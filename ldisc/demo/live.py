@@ -17,15 +17,15 @@ def metric_names() -> dict[str, str]:
     from ldisc.train.metrics import TrainMetrics
 
     m = TrainMetrics()          # port 0: nothing served, only the registry
-    return {"steps": m.steps._name, "images_per_s": m.images_per_second._name,
+    return {"steps": m.steps._name, "images": m.images._name,
             "data_wait": m.data_wait_seconds._name, "step_seconds": m.step_seconds._name,
             "manifest_version": m.manifest_version._name, "manifest_samples": m.manifest_samples._name,
             "store_retries": m.store_retries._name}
 
 
 def scrape(port: int, timeout: float = 2.0) -> dict[str, float] | None:
-    """Rank 0's figures now: steps, images/s, mean data wait (s), mean step time (s), manifest version and
-    samples; None while the endpoint does not answer."""
+    """Rank 0's figures now: steps, images so far, mean data wait (s), mean step time (s), manifest version and
+    samples, and ``t`` (monotonic seconds of the scrape); None while the endpoint does not answer."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
             text = r.read().decode()
@@ -38,7 +38,14 @@ def scrape(port: int, timeout: float = 2.0) -> dict[str, float] | None:
             values[role] = samples[f"{name}_sum"] / max(samples[f"{name}_count"], 1)
         elif f"{name}_total" in samples or name in samples:
             values[role] = samples.get(f"{name}_total", samples.get(name))
+    values["t"] = time.monotonic()
     return values
+
+
+def rate(earlier: dict, later: dict, role: str) -> float:
+    """A counter's rate between two scrapes, as ``rate()`` computes it in Prometheus (per second)."""
+    seconds = later["t"] - earlier["t"]
+    return (later.get(role, 0.0) - earlier.get(role, 0.0)) / seconds if seconds > 0 else 0.0
 
 
 def wait_for(proc: subprocess.Popen, port: int, done, what: str, timeout_s: float = 1800) -> dict[str, float]:

@@ -47,6 +47,7 @@ def cluster_picture(images: torch.Tensor, masks: torch.Tensor) -> Image.Image:
     b, k, h, w = masks.shape
     images = to_channels(images, 3)                # X-ray probes are 1-channel
     img = (images.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    img = np.repeat(img, 3, axis=3) if img.shape[3] == 1 else img                      # X-ray: gray → RGB
     hard = palette(k)[masks.argmax(1).cpu().numpy()]                                   # (B, H, W, 3)
     soft = (masks.detach().float().clamp(0, 1) * 255).round().byte().cpu().numpy()      # (B, K, H, W)
     soft = np.repeat(soft.transpose(0, 2, 1, 3).reshape(b, h, k * w)[..., None], 3, axis=3)
