@@ -25,7 +25,7 @@ def main() -> None:
     idx = torch.arange(4096)
     pos = (idx + 2048) % 4096
     xd = x.to(dev).requires_grad_()
-    ours = instance_nce(xd, xd, idx.to(dev), pos.to(dev)).mean()
+    ours = instance_nce(xd, xd, idx.to(dev), pos.to(dev), 0.1, ObjectiveConfig().chunk).mean()
     (g,) = torch.autograd.grad(ours, xd)
     xc = x.clone().requires_grad_()
     ref = authors_nce(xc)

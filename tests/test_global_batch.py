@@ -81,13 +81,13 @@ def train(case: Case, data: dict, collective: Collective, rows: slice, world: in
     model.eval()
     objective = LDObjective(ObjectiveConfig(stage=case.stage, prototype_momentum=case.prototype_momentum,
                                             chunk=200), collective)
-    bank = ShardedMemoryBank(case.bank, EMBED, collective, chunk=300)
-    keys = build_key_encoder({"size": case.bank, "ema_momentum": case.ema_momentum}, model)
+    bank = ShardedMemoryBank(case.bank, EMBED, collective)
+    keys = build_key_encoder({"size": case.bank, "ema_momentum": case.ema_momentum}, model, 8)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
     history, first_grads = [], None
     for batch in data["batches"][:case.steps]:
         local = {k: v[rows] for k, v in batch.items()}
-        out = objective(model, local, bank=bank.negatives())
+        out = objective(model, local, bank_negatives=bank.bank_negatives())
         opt.zero_grad()
         out.total.backward()
         average_gradients(model, collective)

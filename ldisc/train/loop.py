@@ -202,7 +202,7 @@ class Trainer:
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         self.engine.train()
         disc = self.shape_prior.discriminator if self.shape_prior else None
-        result = self.objective(self.engine, batch, bank=self.bank.negatives(), discriminator=disc)
+        result = self.objective(self.engine, batch, bank_negatives=self.bank.bank_negatives(), discriminator=disc)
         if self.cluster_probe is not None:
             self.cluster_probe.remember(batch)
             self._mask_stats = cluster_stats(result.masks)
