@@ -69,9 +69,8 @@ class ViewConfig:
 def view_config(cfg) -> ViewConfig:
     """The :class:`ViewConfig` of a composed ``ldisc-pretrain`` config: ``data.size``, ``data.modality``,
     ``views.second_view``."""
-    d, v = cfg.data, cfg.get("views") or {}
-    return ViewConfig(size=int(d.size), modality=str(d.get("modality", "fundus")),
-                      second_view=str(v.get("second_view", "rotations")))
+    return ViewConfig(size=int(cfg.data.size), modality=str(cfg.data.modality),
+                      second_view=str(cfg.views.second_view))
 
 
 def input_normalization(modality: str) -> tuple[int, tuple[float, ...], tuple[float, ...]]:

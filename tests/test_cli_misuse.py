@@ -40,6 +40,11 @@ def _assert_usage_error(out: subprocess.CompletedProcess, prog: str, *words: str
     ("train.resume=/nonexistent/ckpt", ["/nonexistent/ckpt"]),
     ("data=shards", ["no committed manifest"]),
     ("train.no_such_key=1", ["no_such_key"]),
+    ("+train.no_such_key=1", ["unknown key train.no_such_key"]),
+    ("train.batch_size=two", ["train.batch_size must be int", "two"]),
+    ("train.progress=3", ["train.progress must be bool"]),
+    ("engine.precision=fp8", ["engine.precision", "fp8"]),
+    ("bank.ema_momentum=1.5", ["bank.ema_momentum", "1.5"]),
 ])
 def test_pretrain_rejects_impossible_values(tmp_path, override, words):
     base = (["data=shards", "data.size=32", f"data.dataset={tmp_path / 'missing'}", "data.num_workers=0"]

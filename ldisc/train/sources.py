@@ -22,7 +22,7 @@ def build_data_source(cfg: DictConfig, info: DistInfo, split: str = "train"):
     are held out of training (synthetic/noise: the last images of the pool; shards: by sample-id hash)."""
     d, t = cfg.data, cfg.train
     seed, bs = int(cfg.seed), int(t.batch_size)
-    holdout = float(t.get("val_fraction", 0) or 0)
+    holdout = float(t.val_fraction)
     if d.source == "synthetic":
         return synthetic_pairs(d.modality, d.image_size, view_config(cfg), d.pool, bs, seed, info.rank, holdout, split)
     if d.source == "noise":
@@ -34,7 +34,7 @@ def build_data_source(cfg: DictConfig, info: DistInfo, split: str = "train"):
 
 def build_validation_source(cfg: DictConfig, info: DistInfo):
     """The held-out validation source, or None when ``train.val_fraction`` is 0."""
-    if not float(cfg.train.get("val_fraction", 0) or 0) > 0:
+    if not float(cfg.train.val_fraction) > 0:
         return None
     source = build_data_source(cfg, info, "val")
     start = source.state_dict()
