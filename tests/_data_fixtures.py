@@ -15,9 +15,11 @@ from PIL import Image
 from ldisc.train.env import free_port  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+# real photographs and DICOMs: ../shared/realdata beside the checkout, or $LDISC_REALDATA (a worktree elsewhere)
+REALDATA = Path(os.environ.get("LDISC_REALDATA") or Path(__file__).resolve().parents[2] / "shared" / "realdata")
 PYTHON = sys.executable
 SECRET = "test-secret-0123456789abcdef"
+N_FIRST = 45                 # images of the shared streaming dataset (conftest fixture ``dataset``)
 
 PHI = {
     "PatientName": "Qwertyson^Zyxabel^PHI",
@@ -146,3 +148,14 @@ def make_corrupt_corpus(root: Path, outside: Path) -> tuple[dict[str, str], list
 def read_dataset_bytes(root: Path) -> bytes:
     """All bytes of all files under a local dataset (for PHI scans)."""
     return b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())
+
+
+def add_images(dataset, src: Path, seeds, site: str = "s", modality: str = "xray"):
+    """Write gray PNGs ``seeds`` under ``src`` and ingest them into ``dataset`` (32 px, 4 per shard)."""
+    from sharding.ingest import IngestOptions, ingest
+
+    for i in seeds:
+        write_image(src / f"{site}{i:03d}.png", gray_image(i, (40, 32)))
+    opts = IngestOptions(source=str(src), dataset=str(dataset), site=site, modality=modality, size=32,
+                         shard_samples=4, progress=False, quarantine_report=str(src.parent / f"q-{site}.jsonl"))
+    return ingest(opts, SECRET.encode())

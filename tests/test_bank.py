@@ -18,7 +18,7 @@ from ldisc.objectives.bank_terms import BankTerms
 from ldisc.objectives.nce import BankNegatives, instance_nce
 from ldisc.objectives.nce_kernel import log_sum_exp
 from ldisc.objectives.objective import ObjectiveConfig, _nce_over_ranks
-from tests._dist_helpers import run_ranks
+from _dist_helpers import run_ranks
 
 WORLD = 2
 DIM = 8

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train import TINY, cli_env, finish, losses_without_timing, start_torchrun
+from _train_helpers import TINY, cli_env, finish, losses_without_timing, start_torchrun
 
 from ldisc.config import compose
 from ldisc.train.checkpoint import latest_checkpoint

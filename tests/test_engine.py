@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from test_train import TINY, sample_log
+from _train_helpers import TINY, sample_log
 from _dist_helpers import run_ranks
 
 from ldisc.config import compose

@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 
-from test_train import REPO, TINY, cli_env, finish, losses_without_timing, sample_log, start_torchrun
+from _train_helpers import REPO, TINY, cli_env, finish, losses_without_timing, sample_log, start_torchrun
 
 from ldisc.train.checkpoint import TMP_PREFIX, latest_checkpoint
 from ldisc.train.env import free_port

@@ -20,7 +20,7 @@ from ldisc.dist import Collective, ProcessGroupCollective
 from ldisc.model import LDNet
 from ldisc.objectives.objective import LDObjective, ObjectiveConfig
 from ldisc.views import ViewConfig, make_views_batch
-from tests._dist_helpers import run_ranks
+from _dist_helpers import run_ranks
 
 WORLD = 2
 PER_RANK = 2                 # image pairs per rank per step

@@ -17,8 +17,8 @@ from launcher.k8s.assets import ALERTS, PANELS
 from ldisc.data.manifest import latest_version
 from ldisc.data.store import open_store
 from ldisc.train.checkpoint import list_checkpoints
-from tests._data_fixtures import SECRET, fundus_image, write_image
-from tests.test_train import TINY, cli_env
+from _data_fixtures import SECRET, fundus_image, write_image
+from _train_helpers import TINY, cli_env
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = [sys.executable, "-m", "launcher.cli"]

@@ -6,7 +6,7 @@ import threading
 import time
 import urllib.request
 
-from test_train import TINY
+from _train_helpers import TINY
 
 from ldisc.train import pretrain
 from ldisc.train.env import free_port

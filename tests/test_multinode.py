@@ -7,7 +7,7 @@ import threading
 import time
 import urllib.request
 
-from test_train import TINY, finish, losses_without_timing, sample_log, start_torchrun
+from _train_helpers import TINY, finish, losses_without_timing, sample_log, start_torchrun
 
 from ldisc.train.env import free_port
 

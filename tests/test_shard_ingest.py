@@ -9,16 +9,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from _data_fixtures import (PHI, REALDATA, SECRET, cli_env, fundus_image, gray_image, make_corrupt_corpus,
+from _data_fixtures import (PHI, SECRET, cli_env, fundus_image, gray_image, make_corrupt_corpus,
                             read_dataset_bytes, run_cli, write_dicom, write_image)
 from ldisc.data import read_manifest, open_store
 from ldisc.data.samples import SampleReader, SampleTable
-
-needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason=f"real images not found at {REALDATA}")
-
 
 def samples_by_format(dataset: Path) -> dict[str, list[tuple[dict, Image.Image]]]:
     """(json record, decoded image) of every sample in the latest version, by source format."""
@@ -32,15 +28,14 @@ def samples_by_format(dataset: Path) -> dict[str, list[tuple[dict, Image.Image]]
     return out
 
 
-@needs_realdata
-def test_real_xrays_and_dicoms(tmp_path):
+def test_real_xrays_and_dicoms(tmp_path, realdata):
     src = tmp_path / "src"
     src.mkdir()
-    jpegs = sorted((REALDATA / "cxr").glob("*.jpeg"))[:3]
+    jpegs = sorted((realdata / "cxr").glob("*.jpeg"))[:3]
     for p in jpegs:
         shutil.copy(p, src / p.name)
     for name in ("RG1_UNCR.dcm", "RG1_J2KR.dcm"):
-        shutil.copy(REALDATA / "cxr_dicom" / name, src / name)
+        shutil.copy(realdata / "cxr_dicom" / name, src / name)
     ds = tmp_path / "ds"
     out = run_cli("ingest", str(src), "--dataset", str(ds), "--site", "kermany", "--modality", "xray",
                   "--size", "128", "--workers", "2", "--no-progress", "--quarantine-report", str(tmp_path / "q.jsonl"))
@@ -60,7 +55,7 @@ def test_real_xrays_and_dicoms(tmp_path):
     assert record["original_size"] == [1841, 1955]
     # inversion on real pixels: MONOCHROME1 raw values are high where the image is dark
     import pydicom
-    raw = pydicom.dcmread(REALDATA / "cxr_dicom" / "RG1_UNCR.dcm").pixel_array.astype(np.float64)
+    raw = pydicom.dcmread(realdata / "cxr_dicom" / "RG1_UNCR.dcm").pixel_array.astype(np.float64)
     arr = np.asarray(img, np.float64)
     p = record["preprocess"]
     x0, y0 = p["pad_offset"]
@@ -71,11 +66,10 @@ def test_real_xrays_and_dicoms(tmp_path):
     assert np.abs(content - expected).mean() < 3.0
 
 
-@needs_realdata
-def test_real_fundus_crop(tmp_path):
+def test_real_fundus_crop(tmp_path, realdata):
     src = tmp_path / "src"
     src.mkdir()
-    shutil.copy(REALDATA / "fundus" / "retina.jpg", src / "retina.jpg")
+    shutil.copy(realdata / "fundus" / "retina.jpg", src / "retina.jpg")
     ds = tmp_path / "ds"
     run_cli("ingest", str(src), "--dataset", str(ds), "--site", "wiki", "--modality", "fundus",
             "--size", "128", "--no-progress", "--quarantine-report", str(tmp_path / "q.jsonl"))

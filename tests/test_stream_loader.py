@@ -9,27 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from _data_fixtures import SECRET, gray_image, write_image
+from _data_fixtures import N_FIRST, add_images
 from ldisc.data import StreamLoader, open_store, read_manifest
 from ldisc.views import ViewConfig
-from sharding.ingest import IngestOptions, ingest
-
-N_FIRST = 45
-
-
-def add_images(dataset, src, seeds, site="s", modality="xray"):
-    for i in seeds:
-        write_image(src / f"{site}{i:03d}.png", gray_image(i, (40, 32)))
-    opts = IngestOptions(source=str(src), dataset=str(dataset), site=site, modality=modality, size=32,
-                         shard_samples=4, progress=False, quarantine_report=str(src.parent / f"q-{site}.jsonl"))
-    return ingest(opts, SECRET.encode())
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stream")
-    add_images(root / "ds", root / "src", range(N_FIRST))
-    return root / "ds"
 
 
 def ids_of(loader, steps=None):

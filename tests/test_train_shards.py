@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 from _data_fixtures import SECRET, gray_image, write_image
-from test_train import TINY, losses_without_timing, sample_log
+from _train_helpers import TINY, losses_without_timing, sample_log
 
 from ldisc.train import pretrain
 from sharding.ingest import IngestOptions, ingest
