@@ -50,7 +50,8 @@ _RAY_DRIVER = textwrap.dedent("""
 
 def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    return env | {"PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled", "HOME": extra.pop("home")} | extra
+    path = os.pathsep.join([str(REPO), str(REPO / "tests")])     # the driver imports the _listeners helper
+    return env | {"PYTHONPATH": path, "RAY_AUTH_MODE": "disabled", "HOME": extra.pop("home")} | extra
 
 
 def test_loopback_classification():
