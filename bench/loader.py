@@ -55,7 +55,7 @@ def main() -> None:
                b"bench-secret-0123456789")
         raw = StreamLoader(tmp / "ds", batch_size=args.batch, output="images")
         raw_batches, raw_seconds = timed_batches(raw, 10**9)
-        views = StreamLoader(tmp / "ds", batch_size=args.batch, view_config=ViewConfig(size=args.size))
+        views = StreamLoader(tmp / "ds", batch_size=args.batch, view_config=ViewConfig(view_side=args.size))
         view_batches, view_seconds = timed_batches(views, 10**9)
     images_per_batch = 2 * args.batch
     views_rate = view_batches / view_seconds

@@ -6,7 +6,7 @@ unknown key (a typo, or ``+key=`` Hydra let in) and a value of the wrong type. R
 need several keys live in :mod:`ldisc.train.validate`, which calls :func:`pretrain_sections`.
 
     sections = pretrain_sections(cfg)          # PretrainSections(train=TrainConfig(...), ...)
-    sections.bank.size, sections.data.modality
+    sections.bank.entries, sections.data.view_side
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class BankConfig:
-    size: int
+    entries: int
     ema_momentum: float
 
 
@@ -66,8 +66,8 @@ class GeneratedDataConfig:
     """``data.source`` synthetic (procedural images) or noise (smooth random images)."""
     source: str
     modality: str
-    image_size: int
-    size: int
+    image_side: int
+    view_side: int
     pool: int
 
 
@@ -83,7 +83,7 @@ class ShardDataConfig:
     shuffle_window: int
     weights: dict | None
     epoch_samples: int | None
-    size: int
+    view_side: int
     modality: str
     max_bad_fraction: float | None
 

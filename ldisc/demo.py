@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = out / "pretrain"
     _run("3/4 LD pretraining, stage 1 then stage 2 (DeepSpeed, CPU)",
          ["ldisc.train.cli", f"run_dir={run_dir}", "data=shards", f"data.dataset={out / 'dataset'}",
-          "data.size=96", "data.num_workers=1", "train.batch_size=2", f"train.stage1_steps={s1}",
+          "data.view_side=96", "data.num_workers=1", "train.batch_size=2", f"train.stage1_steps={s1}",
           f"train.stage2_steps={s2}", f"train.checkpoint_every={s1}", "threads=2"])
     from ldisc.train.checkpoint import latest_checkpoint
 

@@ -44,7 +44,7 @@ _LUMA = (0.299, 0.587, 0.114)
 
 @dataclass
 class ViewConfig:
-    size: int = 448
+    view_side: int = 448
     crop_scale: tuple[float, float] = (0.9, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     rotation_deg: float = 180.0
@@ -67,9 +67,9 @@ class ViewConfig:
 
 
 def view_config(cfg) -> ViewConfig:
-    """The :class:`ViewConfig` of a composed ``ldisc-pretrain`` config: ``data.size``, ``data.modality``,
+    """The :class:`ViewConfig` of a composed ``ldisc-pretrain`` config: ``data.view_side``, ``data.modality``,
     ``views.second_view``."""
-    return ViewConfig(size=int(cfg.data.size), modality=str(cfg.data.modality),
+    return ViewConfig(view_side=int(cfg.data.view_side), modality=str(cfg.data.modality),
                       second_view=str(cfg.views.second_view))
 
 
@@ -207,7 +207,7 @@ def _two_views(x: torch.Tensor, cfg: ViewConfig, gen: torch.Generator) -> tuple[
     views = []
     for _ in range(2):
         p = _photometric(gen, n, cfg)
-        grid = _grid(geometry, p["angle"], tuple(x.shape[-2:]), cfg.size, x.device)
+        grid = _grid(geometry, p["angle"], tuple(x.shape[-2:]), cfg.view_side, x.device)
         warped = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros",
                                align_corners=False)
         views.append(_jitter(warped, p))

@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     ing.add_argument("--site", required=True)
     ing.add_argument("--modality", required=True, choices=["fundus", "xray"])
     ing.add_argument("--workers", type=int, default=1)
-    ing.add_argument("--size", type=int, default=512, help="output side in px (default 512)")
+    ing.add_argument("--stored-side", type=int, default=512, help="side of the stored square images in px (default 512)")
     ing.add_argument("--max-pixels", type=int, default=100_000_000, help="decompression-bomb limit")
     ing.add_argument("--shard-samples", type=int, default=1000)
     ing.add_argument("--shard-bytes", type=int, default=256 << 20)
@@ -61,7 +61,7 @@ def _ingest(args) -> int:
         metrics.serve(args.metrics_port)
     opts = IngestOptions(
         source=args.source, dataset=args.dataset, site=args.site, modality=args.modality,
-        workers=args.workers, size=args.size, max_pixels=args.max_pixels,
+        workers=args.workers, stored_side=args.stored_side, max_pixels=args.max_pixels,
         shard_samples=args.shard_samples, shard_bytes=args.shard_bytes,
         non_dicom_patient=args.non_dicom_patient, files_from=args.files_from,
         quarantine_report=args.quarantine_report, staging_dir=args.staging_dir,

@@ -156,6 +156,6 @@ def add_images(dataset, src: Path, seeds, site: str = "s", modality: str = "xray
 
     for i in seeds:
         write_image(src / f"{site}{i:03d}.png", gray_image(i, (40, 32)))
-    opts = IngestOptions(source=str(src), dataset=str(dataset), site=site, modality=modality, size=32,
+    opts = IngestOptions(source=str(src), dataset=str(dataset), site=site, modality=modality, stored_side=32,
                          shard_samples=4, progress=False, quarantine_report=str(src.parent / f"q-{site}.jsonl"))
     return ingest(opts, SECRET.encode())

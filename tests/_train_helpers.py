@@ -9,7 +9,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 # A run small enough for 2 shared CPU cores: tiny VGG, 32 px views, one pair per rank and step.
-TINY = ["data.source=noise", "data.size=32", "data.image_size=48", "data.pool=8", "train.batch_size=1",
+TINY = ["data.source=noise", "data.view_side=32", "data.image_side=48", "data.pool=8", "train.batch_size=1",
         "model.clusters=4", "train.progress=false", "threads=1"]
 TIMING_KEYS = ("seconds", "images_per_s")
 

@@ -19,7 +19,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def _batch(seed: int = 0, pairs: int = 2, size: int = 32) -> dict:
     gen = torch.Generator().manual_seed(seed)
     x1, x2 = torch.rand(2, pairs, 3, size + 8, size + 8, generator=gen)
-    return make_views_batch(x1, x2, ViewConfig(size=size), gen)
+    return make_views_batch(x1, x2, ViewConfig(view_side=size), gen)
 
 
 def _bank_cfg(*overrides: str):
@@ -32,7 +32,7 @@ def test_config_group_builds_the_bank():
     assert build_bank(none, Collective(), 32).capacity == 0
     assert build_key_encoder(none, LDNet("tiny", 8), 8) is None
     fifo = _bank_cfg("bank=fifo")
-    assert (fifo.size, fifo.ema_momentum) == (65536, 0.0)
+    assert (fifo.entries, fifo.ema_momentum) == (65536, 0.0)
     bank = build_bank(fifo, Collective(), 32)
     assert (bank.capacity, bank.keys.shape) == (65536, (65536, 32))
     assert build_key_encoder(fifo, LDNet("tiny", 8), 8) is None

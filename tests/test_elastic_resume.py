@@ -44,7 +44,7 @@ LOSS_KEYS = ("patch", "mix", "total")
 
 def _run(run_dir: Path, zero: int, steps: int, *extra: str) -> list[str]:
     return [*TINY, f"run_dir={run_dir}", f"train.stage1_steps={steps}", "train.stage2_steps=0",
-            f"train.checkpoint_every={SAVED}", "train.keep_checkpoints=5", "bank.size=256",
+            f"train.checkpoint_every={SAVED}", "train.keep_checkpoints=5", "bank.entries=256",
             f"engine.zero_stage={zero}", "train.resume=auto", *extra]
 
 

@@ -104,8 +104,8 @@ def test_global_batchnorm_two_ranks_equals_one():
 
 
 def test_config_composes_with_bank_and_engine_groups(tmp_path):
-    cfg = _cfg("engine.zero_stage=3", "bank.size=65536", "objective.stage=2")
-    assert OmegaConf.select(cfg, "engine.name") == "deepspeed" and cfg.bank.size == 65536
+    cfg = _cfg("engine.zero_stage=3", "bank.entries=65536", "objective.stage=2")
+    assert OmegaConf.select(cfg, "engine.name") == "deepspeed" and cfg.bank.entries == 65536
     result = pretrain([*TINY, f"run_dir={tmp_path}", "objective.stage=2", "train.stage2_steps=1",
                        "train.checkpoint_every=1"])
     assert [r["stage"] for r in result.losses] == [2]

@@ -22,7 +22,7 @@ def _pretrain(run_dir, stage1: int, stage2: int) -> tuple[str, float]:
     from ldisc.train import pretrain
 
     t0 = time.perf_counter()
-    result = pretrain(["data.modality=fundus", "data.image_size=80", "data.size=64", "data.pool=64",
+    result = pretrain(["data.modality=fundus", "data.image_side=80", "data.view_side=64", "data.pool=64",
                        f"train.stage1_steps={stage1}", f"train.stage2_steps={stage2}", "train.batch_size=4",
                        f"train.checkpoint_every={stage1 + stage2}", "train.progress=false", f"run_dir={run_dir}"])
     return str(result.encoder_path.parent), time.perf_counter() - t0

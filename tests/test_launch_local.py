@@ -49,7 +49,7 @@ def tmp(tmp_path_factory) -> Path:
 def pretrain_run(tmp) -> Path:
     run = tmp / "run"
     _launch("pretrain", "--target", "local", "launch.procs_per_node=2", *TINY, f"run_dir={run}",
-            "train.stage1_steps=2", "train.stage2_steps=0", "train.checkpoint_every=2", "bank=fifo", "bank.size=16")
+            "train.stage1_steps=2", "train.stage2_steps=0", "train.checkpoint_every=2", "bank=fifo", "bank.entries=16")
     return run
 
 
@@ -60,7 +60,7 @@ def ingest_run(tmp) -> dict:
         write_image(drop / f"p{i}.png", fundus_image((120, 100), center=(60, 50), radius=40, seed=i))
     (drop / "broken.png").write_bytes(b"not a png")          # a corrupt input: quarantined and counted
     ingest = ["ingest", "--target", "local", f"launch.ingest.source={drop}", f"launch.ingest.dataset={dataset}",
-              "launch.ingest.site=h7", "launch.ingest.modality=fundus", "launch.ingest.size=64",
+              "launch.ingest.site=h7", "launch.ingest.modality=fundus", "launch.ingest.stored_side=64",
               f"launch.ingest.metrics_file={metrics}"]
     return {"dataset": dataset, "metrics": metrics, "first": _launch(*ingest), "again": _launch(*ingest)}
 

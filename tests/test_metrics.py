@@ -33,7 +33,7 @@ def test_metrics_are_served_and_written(tmp_path):
     t = threading.Thread(target=scrape)
     t.start()
     try:
-        pretrain([*TINY, f"run_dir={tmp_path}", "train.stage1_steps=3", "train.stage2_steps=0", "bank.size=128",
+        pretrain([*TINY, f"run_dir={tmp_path}", "train.stage1_steps=3", "train.stage2_steps=0", "bank.entries=128",
                   "train.checkpoint_every=3", f"metrics.port={port}", "metrics.linger_s=1"])
     finally:
         done.set()

@@ -23,7 +23,7 @@ def make_source(root: Path, seeds: range) -> Path:
 
 
 def ingest_args(src: Path, dataset: str, tmp: Path, tag: str) -> list[str]:
-    return ["ingest", str(src), "--dataset", dataset, "--site", "s", "--modality", "xray", "--size", "32",
+    return ["ingest", str(src), "--dataset", dataset, "--site", "s", "--modality", "xray", "--stored-side", "32",
             "--shard-samples", "1", "--no-progress", "--quarantine-report", str(tmp / f"q-{tag}.jsonl")]
 
 
@@ -143,8 +143,8 @@ def test_loader_streams_from_s3_like_from_a_local_copy(tmp_path, s3_endpoint):
     url, local = "s3://ldisc-test/stream", str(tmp_path / "local")
     run_cli(*ingest_args(src, url, tmp_path, "s3"), env=env)
     run_cli(*ingest_args(src, local, tmp_path, "loc"))
-    remote = StreamLoader(url, batch_size=2, seed=1, world_size=1, rank=0, view_config=ViewConfig(size=16))
-    copy = StreamLoader(local, batch_size=2, seed=1, world_size=1, rank=0, view_config=ViewConfig(size=16))
+    remote = StreamLoader(url, batch_size=2, seed=1, world_size=1, rank=0, view_config=ViewConfig(view_side=16))
+    copy = StreamLoader(local, batch_size=2, seed=1, world_size=1, rank=0, view_config=ViewConfig(view_side=16))
     got, want = list(remote), list(copy)
     assert len(got) == len(want) == 2
     for a, b in zip(got, want):

@@ -74,7 +74,7 @@ def test_resume_with_another_world_size_continues_the_global_sequence(dataset, b
 
 
 def test_resumed_views_equal_uninterrupted_views(dataset):
-    cfg = ViewConfig(size=24)
+    cfg = ViewConfig(view_side=24)
     full = _take(StreamLoader(dataset, batch_size=2, view_config=cfg, num_workers=2), None)
     first = StreamLoader(dataset, batch_size=2, view_config=cfg)
     _take(first, 3)
@@ -157,7 +157,7 @@ def test_trainer_seam_from_config_next_batch_crosses_epochs_and_resumes(dataset)
     """``from_config`` + ``next_batch``: epochs follow each other; a saved position resumes exactly."""
     from ldisc.config import compose
 
-    cfg = compose("pretrain", ["data=shards", f"data.dataset={dataset}", "data.size=16", "data.num_workers=0",
+    cfg = compose("pretrain", ["data=shards", f"data.dataset={dataset}", "data.view_side=16", "data.num_workers=0",
                                "train.batch_size=2", "seed=3"])
     loader = StreamLoader.from_config(cfg, rank=0, world_size=1)
     per_epoch = loader.steps_remaining()

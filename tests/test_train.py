@@ -17,7 +17,7 @@ from ldisc.train.checkpoint import list_checkpoints
 from _train_helpers import REPO, cli_env, losses_without_timing, sample_log, tiny_steps
 
 # lr halved every 2 steps; a memory bank fed by an EMA key encoder (both must resume exactly)
-REF_EXTRA = ("train.lr_halve_every=2", "bank.size=512", "bank.ema_momentum=0.5")
+REF_EXTRA = ("train.lr_halve_every=2", "bank.entries=512", "bank.ema_momentum=0.5")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ def _denorm(x):
 
 
 def test_shapes_and_determinism_any_mode():
-    cfg = ViewConfig(size=64)
+    cfg = ViewConfig(view_side=64)
     a, b = _pil(0), _pil(1, (50, 70), "L")
     v1 = make_views(a, b, cfg, torch.Generator().manual_seed(3))
     v2 = make_views(a, b, cfg, torch.Generator().manual_seed(3))
@@ -32,7 +32,7 @@ def test_shapes_and_determinism_any_mode():
 
 
 def test_mixup_is_convex_combination_of_first_views():
-    v = make_views(_pil(5), _pil(6), ViewConfig(size=48), torch.Generator().manual_seed(0))
+    v = make_views(_pil(5), _pil(6), ViewConfig(view_side=48), torch.Generator().manual_seed(0))
     w = v["mix_w"]
     torch.testing.assert_close(_denorm(v["mix"]), w * _denorm(v["x1_1"]) + (1 - w) * _denorm(v["x2_1"]))
 
@@ -40,7 +40,7 @@ def test_mixup_is_convex_combination_of_first_views():
 @pytest.mark.parametrize("second_view", ["rotations", "dihedral"])
 def test_second_view_is_dihedral_copy_when_photometric_is_off(second_view):
     """With no jitter and no small rotation, undoing (flip, rot) of x·_2 gives x·_1 back."""
-    cfg = ViewConfig(size=32, view_rotation_deg=0, brightness=0, contrast=0, saturation=0, hue=0,
+    cfg = ViewConfig(view_side=32, view_rotation_deg=0, brightness=0, contrast=0, saturation=0, hue=0,
                      grayscale_p=0, second_view=second_view)
     x = torch.rand(6, 3, 40, 40)
     v = make_views_batch(x, x.flip(0), cfg, torch.Generator().manual_seed(1))
@@ -49,7 +49,7 @@ def test_second_view_is_dihedral_copy_when_photometric_is_off(second_view):
 
 
 def test_photometric_views_differ_but_share_geometry():
-    cfg = ViewConfig(size=48, grayscale_p=0)
+    cfg = ViewConfig(view_side=48, grayscale_p=0)
     x = torch.rand(1, 3, 48, 48)
     v = make_views_batch(x, x, cfg, torch.Generator().manual_seed(2))
     second = undo_dihedral(v["x1_2"], v["flip1"], v["rot1"])
@@ -78,7 +78,7 @@ def _reference_views(pils, cfg: ViewConfig, gen: torch.Generator) -> dict[str, n
     the image, bilinear sampling, the second view's flip/rot90 with numpy, mixup, ImageNet normalisation."""
     from ldisc import views
 
-    n, side = len(pils[0]), cfg.size
+    n, side = len(pils[0]), cfg.view_side
     centres = (2 * np.arange(side) + 1) / side - 1                     # align_corners=False
     u, v = np.meshgrid(centres, centres)                               # u: column, v: row
     first = {}
@@ -118,7 +118,7 @@ def test_batched_path_equals_a_pointwise_numpy_reference():
     """The tensor paths (affine_grid + grid_sample, torch flips/rot90) against views computed
     independently, pixel by pixel in numpy: a batch of two same-size pairs (make_views_batch) and one
     non-square pair (make_views: the aspect correction). Photometric jitter is off (tested above)."""
-    cfg = ViewConfig(size=32, brightness=0, contrast=0, saturation=0, hue=0, grayscale_p=0)
+    cfg = ViewConfig(view_side=32, brightness=0, contrast=0, saturation=0, hue=0, grayscale_p=0)
     firsts, seconds = [_pil(7, (40, 40)), _pil(9, (40, 40))], [_pil(8, (40, 40)), _pil(10, (40, 40))]
     batched = make_views_batch(torch.stack([pil_to_tensor(a) for a in firsts]),
                                torch.stack([pil_to_tensor(b) for b in seconds]), cfg, torch.Generator().manual_seed(9))
@@ -133,7 +133,7 @@ def test_batched_path_equals_a_pointwise_numpy_reference():
 
 
 def test_collate_and_bad_input():
-    cfg = ViewConfig(size=16)
+    cfg = ViewConfig(view_side=16)
     vs = [make_views(_pil(i), _pil(i + 1), cfg, torch.Generator().manual_seed(i)) for i in range(3)]
     batch = collate_views(vs)
     assert batch["x1_1"].shape == (3, 3, 16, 16) and batch["rot2"].shape == (3,)

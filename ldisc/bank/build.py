@@ -7,7 +7,7 @@
     engine.step(losses.total)
     feed_bank(bank, losses.patch_vectors, batch, keys, model)
 
-``size: 0`` builds a bank of capacity 0: ``bank_negatives()`` is always None (the paper) and feeding it
+``entries: 0`` builds a bank of capacity 0: ``bank_negatives()`` is always None (the paper) and feeding it
 costs nothing, so the trainer needs no special case.
 """
 from __future__ import annotations
@@ -26,15 +26,15 @@ def _bank_config(cfg) -> BankConfig:
 
 
 def build_bank(cfg, collective: Collective, dim: int, device: torch.device | str = "cpu") -> ShardedMemoryBank:
-    """``cfg``: the ``bank`` group (a :class:`BankConfig` or its section); capacity ``size`` over
+    """``cfg``: the ``bank`` group (a :class:`BankConfig` or its section); capacity ``entries`` over
     ``collective``'s ranks."""
-    return ShardedMemoryBank(_bank_config(cfg).size, dim, collective, device)
+    return ShardedMemoryBank(_bank_config(cfg).entries, dim, collective, device)
 
 
 def build_key_encoder(cfg, model: nn.Module, grid: int) -> EMAKeyEncoder | None:
     """An EMA key encoder when the bank is on and ``ema_momentum`` > 0, else None."""
     bank = _bank_config(cfg)
-    if bank.size == 0 or bank.ema_momentum == 0.0:
+    if bank.entries == 0 or bank.ema_momentum == 0.0:
         return None
     return EMAKeyEncoder(model, bank.ema_momentum, grid)
 

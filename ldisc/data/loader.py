@@ -1,7 +1,7 @@
 """``StreamLoader``: the training-side data stream — epochs, manifest versions, position.
 
     loader = StreamLoader("s3://bucket/ds", batch_size=4, seed=0, num_workers=2,
-                          view_config=ViewConfig(size=448))
+                          view_config=ViewConfig(view_side=448))
     loader.load_state_dict(ckpt["data"])          # optional: resume exactly
     for epoch in range(epochs):
         for batch in loader:                      # the (rest of the) current epoch
@@ -235,7 +235,7 @@ class StreamLoader:
         return self.plan().n_steps
 
     def stream(self, plan: EpochPlan) -> LDStream:
-        size = getattr(self.view_config, "size", 512)
+        size = getattr(self.view_config, "view_side", 512)
         return LDStream(self.dataset, self._table(plan.version), plan, seed=self.seed, output=self.output,
                         view_config=self.view_config, endpoint_url=self.endpoint_url, fallback_size=size)
 

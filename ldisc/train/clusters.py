@@ -103,7 +103,7 @@ class ClusterProbe:
         self.rank, self.dir = rank, Path(run_dir)
         self.images, self.truth = None, None
         if data.source == "synthetic":
-            self.images, self.truth = synthetic_probe_batch(data.modality, data.size, train.cluster_probe_images,
+            self.images, self.truth = synthetic_probe_batch(data.modality, data.view_side, train.cluster_probe_images,
                                                             seed)
 
     def remember(self, batch: dict) -> None:

@@ -106,7 +106,7 @@ class Trainer:
         if stage == 2 and ocfg.w_adversarial > 0:
             t = self.sections.train
             self.shape_prior = ShapePrior(self.sections.shape_prior, int(self.cfg.seed), t.lr, t.lr_halve_every,
-                                          self.sections.data.size, self.device)
+                                          self.sections.data.view_side, self.device)
         self.stage = stage
         self.cluster_probe = (ClusterProbe(self.sections.train, self.sections.data, ocfg.mask_power, int(self.cfg.seed),
                                            self.run_dir, self.rank) if stage == 2 else None)

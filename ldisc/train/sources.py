@@ -24,9 +24,9 @@ def build_data_source(cfg: DictConfig, info: DistInfo, split: str = "train"):
     seed, bs = int(cfg.seed), int(t.batch_size)
     holdout = float(t.val_fraction)
     if d.source == "synthetic":
-        return synthetic_pairs(d.modality, d.image_size, view_config(cfg), d.pool, bs, seed, info.rank, holdout, split)
+        return synthetic_pairs(d.modality, d.image_side, view_config(cfg), d.pool, bs, seed, info.rank, holdout, split)
     if d.source == "noise":
-        return noise_pairs(d.image_size, view_config(cfg), d.pool, bs, seed, info.rank, holdout, split)
+        return noise_pairs(d.image_side, view_config(cfg), d.pool, bs, seed, info.rank, holdout, split)
     if d.source == "shards":
         return _shard_source(cfg, info, split)
     raise ValueError(f"unknown data.source {d.source!r}; one of {SOURCES}")

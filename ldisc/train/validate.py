@@ -60,15 +60,15 @@ def check_pretrain_config(cfg: DictConfig) -> PretrainSections:
     _at_least("engine.gradient_accumulation", e.gradient_accumulation, 1)
     _one_of("engine.zero_stage", e.zero_stage, (0, 1, 2, 3))
     _one_of("engine.precision", e.precision, PRECISIONS)
-    _at_least("bank.size", s.bank.size, 0)
+    _at_least("bank.entries", s.bank.entries, 0)
     _fraction("bank.ema_momentum", s.bank.ema_momentum)
     _one_of("data.modality", d.modality, sorted(INPUT_NORMALIZATION))
     _fraction("data.max_bad_fraction", getattr(d, "max_bad_fraction", None), high_open=False)
     if not 0 <= s.metrics.port <= 65535:
         raise ConfigError(f"metrics.port must be 0 (off) or a TCP port, got {s.metrics.port}")
-    size = _at_least("data.size", d.size, MIN_VIEW)
+    size = _at_least("data.view_side", d.view_side, MIN_VIEW)
     if size % VIEW_MULTIPLE:
-        raise ConfigError(f"data.size={size}: the network takes view sides that are multiples of {VIEW_MULTIPLE} "
+        raise ConfigError(f"data.view_side={size}: the network takes view sides that are multiples of {VIEW_MULTIPLE} "
                           f"(e.g. {size // VIEW_MULTIPLE * VIEW_MULTIPLE or MIN_VIEW} or "
                           f"{(size // VIEW_MULTIPLE + 1) * VIEW_MULTIPLE})")
     return s
