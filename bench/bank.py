@@ -47,8 +47,8 @@ class Runner:
     def step(self) -> float:
         """Seconds of one step: views → forward → loss → backward → optimiser → enqueue."""
         t0 = time.perf_counter()
-        views = make_views_batch(self.images[0], self.images[1], ViewConfig(size=self.size), self.gen)
-        out = self.objective(self.model, views, bank=self.bank.negatives())
+        views = make_views_batch(self.images[0], self.images[1], ViewConfig(view_side=self.size), self.gen)
+        out = self.objective(self.model, views, bank_negatives=self.bank.bank_negatives())
         self.opt.zero_grad()
         out.total.backward()
         self.opt.step()

@@ -35,7 +35,7 @@ SETTINGS: dict[str, list[str]] = {
     "p8area": AUTHORS + [f"objective.w_entropy={1.0 * BITS:.4f}", "objective.w_area=1", "objective.mask_power=8"],
     "k8": AUTHORS + ["model.clusters=8"],
     "momentum": AUTHORS + ["objective.prototype_momentum=0.9"],
-    "bank": AUTHORS + ["bank=fifo", "bank.size=4096"],
+    "bank": AUTHORS + ["bank=fifo", "bank.entries=4096"],
     "crisp": ["objective=ld_crisp"],                                       # the named preset
 }
 
@@ -49,7 +49,7 @@ def _env() -> dict:
 
 
 def _common(args, modality: str) -> list[str]:
-    return [f"data.modality={modality}", f"data.size={args.size}", f"data.image_size={args.size + args.size // 4}",
+    return [f"data.modality={modality}", f"data.view_side={args.size}", f"data.image_side={args.size + args.size // 4}",
             f"data.pool={args.pool}", f"train.batch_size={args.batch}", "train.progress=false",
             f"threads={args.threads}", "train.checkpoint_every=100000", f"seed={args.seed}"]
 

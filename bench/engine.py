@@ -34,7 +34,7 @@ def measure(name: str, nproc: int, threads: int, pairs_per_rank: int, args, extr
     run_dir = work / name
     overrides = [f"run_dir={run_dir}", f"threads={threads}", f"train.batch_size={pairs_per_rank}",
                  f"train.stage1_steps={args.steps}", "train.stage2_steps=0", f"train.checkpoint_every={10**6}",
-                 "train.progress=false", f"data.size={args.size}", "data.source=noise", *extra]
+                 "train.progress=false", f"data.view_side={args.size}", "data.source=noise", *extra]
     cmd = torchrun_command(TorchrunSpec(nproc=nproc, rdzv_endpoint=f"127.0.0.1:{free_port()}"), overrides)
     started = time.perf_counter()
     out = subprocess.run(cmd, cwd=ROOT, env=bench_env(threads), capture_output=True, text=True)

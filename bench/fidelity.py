@@ -40,7 +40,7 @@ def pretrain_variant(run_dir: Path, variant: str, seed: int, args) -> tuple[str,
     from ldisc.train import pretrain
 
     t0 = time.perf_counter()
-    result = pretrain(["data.modality=fundus", "data.image_size=80", f"data.size={args.size}", "data.pool=64",
+    result = pretrain(["data.modality=fundus", "data.image_side=80", f"data.view_side={args.size}", "data.pool=64",
                        f"train.stage1_steps={args.stage1}", f"train.stage2_steps={args.stage2}",
                        f"train.batch_size={args.batch}", f"train.checkpoint_every={args.stage1 + args.stage2}",
                        "train.val_fraction=0", "train.progress=false", f"seed={seed}", f"run_dir={run_dir}",

@@ -35,7 +35,7 @@ TASKS = ["synth_idrid_disc@16", "synth_rite_vessel@16", "synth_jsrt_lung@16", "s
 def _specs(out: str, runs: int, epochs: int, threads: int):
     proto = asdict(ProtocolConfig(epochs_frozen=epochs, epochs_finetune=epochs // 2, epochs_scratch=epochs,
                                   device="cpu", overlays=2))
-    data = {"size": 64, "val_fraction": 0.2, "max_test": 8, "random_width": "tiny", "roots": {}}
+    data = {"input_side": 64, "val_fraction": 0.2, "max_test": 8, "random_width": "tiny", "roots": {}}
     seeds = list(range((runs + len(TASKS) - 1) // len(TASKS)))
     specs = plan_runs([resolve_checkpoint("random")], expand_tasks(TASKS), ["frozen"], seeds, proto, data, out, threads)
     return specs[:runs]

@@ -202,7 +202,7 @@ def main() -> None:
 
     trainer_threads = args.trainer_threads
     torch.set_num_threads(1)  # one loader worker = one core
-    cfg = ViewConfig(size=args.size)
+    cfg = ViewConfig(view_side=args.size)
     s3 = None
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
         tmp = Path(tmp)

@@ -51,7 +51,7 @@ def app_rows(task: str, checkpoint: str, methods: tuple[str, ...], seeds: list[i
     ref = resolve_checkpoint(checkpoint)
     table = {}
     for method in methods:
-        rows = [execute_app_run(RunSpec(ref, task, method, s, {}, {"size": size, "max_test": n_test}))[0]
+        rows = [execute_app_run(RunSpec(ref, task, method, s, {}, {"input_side": size, "max_test": n_test}))[0]
                 for s in seeds]
         keys = ("mre_px", "mre_pct", "sr_2pct", "sr_4pct", "sr_8pct") if rows[0].get("mre_px") is not None else ("dice_mean",)
         table[method] = {k: round(float(np.mean([r[k] for r in rows])), 4) for k in keys}

@@ -3,7 +3,8 @@
 Prints one JSON object: per N, seconds and peak-memory increase of each, and the ratios
 (ours / baseline). Target: ≤ 1/3 of the baseline's peak memory at N = 16,384, no slower.
 Each measurement runs in its own process so that peak RSS belongs to that measurement alone.
-Usage: python bench/loss.py [--sizes 1024,4096,16384] [--threads 2]
+The tile side is the composed config's ``objective.chunk`` unless ``--chunk`` is given.
+Usage: python bench/loss.py [--sizes 1024,4096,16384] [--threads 2] [--chunk N]
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import peak_rss_bytes, rss_bytes, run_isolated  # noqa: E402
 
 
-def measure_one(method: str, n: int, repeats: int) -> dict:
+def measure_one(method: str, n: int, repeats: int, chunk: int) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -30,7 +31,7 @@ def measure_one(method: str, n: int, repeats: int) -> dict:
     pos = (idx + n // 2) % n
 
     def step():
-        loss = authors_nce(x) if method == "authors" else instance_nce(x, x, idx, pos).mean()
+        loss = authors_nce(x) if method == "authors" else instance_nce(x, x, idx, pos, 0.1, chunk).mean()
         loss.backward()
         x.grad = None
         return float(loss.detach())
@@ -48,16 +49,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1024,2048,4096,8192,16384")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--chunk", type=int, default=None, help="NCE tile side (default: objective.chunk)")
     ap.add_argument("--one", nargs=2, metavar=("METHOD", "N"))
     args = ap.parse_args()
+    if args.chunk is None:
+        from ldisc.config import compose
+        args.chunk = int(compose("pretrain").objective.chunk)
     if args.one:
         n = int(args.one[1])
-        print(json.dumps(measure_one(args.one[0], n, 3 if n <= 4096 else 1)))
+        print(json.dumps(measure_one(args.one[0], n, 3 if n <= 4096 else 1, args.chunk)))
         return
     rows = []
     for n in map(int, args.sizes.split(",")):
-        ours = run_isolated(__file__, "--one", "chunked", str(n), threads=args.threads)
-        base = run_isolated(__file__, "--one", "authors", str(n), threads=args.threads)
+        ours = run_isolated(__file__, "--one", "chunked", str(n), "--chunk", str(args.chunk), threads=args.threads)
+        base = run_isolated(__file__, "--one", "authors", str(n), "--chunk", str(args.chunk), threads=args.threads)
         rows.append({"n": n, "ours_seconds": round(ours["seconds"], 4), "authors_seconds": round(base["seconds"], 4),
                      "ours_peak_extra_mb": round(ours["peak_extra_bytes"] / 2**20, 1),
                      "authors_peak_extra_mb": round(base["peak_extra_bytes"] / 2**20, 1),
@@ -65,7 +70,7 @@ def main() -> None:
                      "memory_ratio": round(ours["peak_extra_bytes"] / max(base["peak_extra_bytes"], 1), 4),
                      "loss_abs_diff": abs(ours["loss"] - base["loss"])})
     last = rows[-1]
-    print(json.dumps({"bench": "loss", "threads": args.threads, "rows": rows,
+    print(json.dumps({"bench": "loss", "threads": args.threads, "chunk": args.chunk, "rows": rows,
                       "at_n": last["n"], "memory_ratio": last["memory_ratio"], "time_ratio": last["time_ratio"],
                       "target": "memory_ratio <= 0.333 and time_ratio <= 1.0",
                       "pass": last["memory_ratio"] <= 1 / 3 and last["time_ratio"] <= 1.0}))

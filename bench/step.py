@@ -62,7 +62,7 @@ def measure(size: int, batch_size: int, stage: int, width: str, steps: int, naiv
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     batch = make_views_batch(torch.rand(batch_size, 3, size, size), torch.rand(batch_size, 3, size, size),
-                             ViewConfig(size=size), gen)
+                             ViewConfig(view_side=size), gen)
     batch = {k: v.to(device) for k, v in batch.items()}
     model = LDNet(width, 32, 16 if stage == 2 else 0).to(device)
     objective = LDObjective(ObjectiveConfig(stage=stage))

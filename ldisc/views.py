@@ -44,7 +44,7 @@ _LUMA = (0.299, 0.587, 0.114)
 
 @dataclass
 class ViewConfig:
-    size: int = 448
+    view_side: int = 448
     crop_scale: tuple[float, float] = (0.9, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     rotation_deg: float = 180.0
@@ -67,11 +67,10 @@ class ViewConfig:
 
 
 def view_config(cfg) -> ViewConfig:
-    """The :class:`ViewConfig` of a composed ``ldisc-pretrain`` config: ``data.size``, ``data.modality``,
+    """The :class:`ViewConfig` of a composed ``ldisc-pretrain`` config: ``data.view_side``, ``data.modality``,
     ``views.second_view``."""
-    d, v = cfg.data, cfg.get("views") or {}
-    return ViewConfig(size=int(d.size), modality=str(d.get("modality", "fundus")),
-                      second_view=str(v.get("second_view", "rotations")))
+    return ViewConfig(view_side=int(cfg.data.view_side), modality=str(cfg.data.modality),
+                      second_view=str(cfg.views.second_view))
 
 
 def input_normalization(modality: str) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
@@ -219,7 +218,7 @@ def two_views(x: torch.Tensor, side: dict, cfg: ViewConfig) -> tuple[torch.Tenso
     """The two views of images ``x`` (B, C, H, W) in [0, 1] from their draws (:func:`draw_side`)."""
     views = []
     for p in side["views"]:
-        grid = _grid(side["geometry"], p["angle"], tuple(x.shape[-2:]), cfg.size, x.device)
+        grid = _grid(side["geometry"], p["angle"], tuple(x.shape[-2:]), cfg.view_side, x.device)
         warped = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros",
                                align_corners=False)
         views.append(_jitter(warped, p))

@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     ing.add_argument("--site", required=True, help="site name (part of the pseudonym and the shard path)")
     ing.add_argument("--modality", required=True, choices=["fundus", "xray"])
     ing.add_argument("--workers", type=int, default=1, help="decoding processes")
-    ing.add_argument("--size", type=int, default=512, help="stored image side in px")
+    ing.add_argument("--stored-side", type=int, default=512, help="side of the stored square images in px")
     ing.add_argument("--max-pixels", type=int, default=100_000_000, help="decompression-bomb limit")
     ing.add_argument("--shard-samples", type=int, default=1000, help="samples per shard at most")
     ing.add_argument("--shard-bytes", type=byte_size, default=format_byte_size(256 << 20),
@@ -73,7 +73,7 @@ def _ingest(args) -> int:
         metrics.serve(args.metrics_port)
     opts = IngestOptions(
         source=args.source, dataset=args.dataset, site=args.site, modality=args.modality,
-        workers=args.workers, size=args.size, max_pixels=args.max_pixels,
+        workers=args.workers, stored_side=args.stored_side, max_pixels=args.max_pixels,
         shard_samples=args.shard_samples, shard_bytes=args.shard_bytes,
         non_dicom_patient=args.non_dicom_patient, files_from=args.files_from,
         quarantine_report=args.quarantine_report, staging_dir=args.staging_dir,

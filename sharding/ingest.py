@@ -52,7 +52,7 @@ class IngestOptions:
     site: str
     modality: str
     workers: int = 1
-    size: int = 512
+    stored_side: int = 512
     max_pixels: int = 100_000_000
     shard_samples: int = 1000
     shard_bytes: int = 256 << 20
@@ -127,7 +127,7 @@ def _process_all(opts: IngestOptions, secret: bytes, metrics: IngestMetrics, spo
     """Phase 1: run the pool over all sources; spool good samples, report bad ones."""
     sources = discover(opts.source, opts.files_from)
     result.inputs = len(sources)
-    wopts = WorkerOptions(opts.site, opts.modality, opts.size, opts.max_pixels, opts.non_dicom_patient)
+    wopts = WorkerOptions(opts.site, opts.modality, opts.stored_side, opts.max_pixels, opts.non_dicom_patient)
     pool = None
     if opts.workers > 1:
         pool = mp.get_context("spawn").Pool(opts.workers, init_worker, (secret, wopts))
@@ -196,7 +196,7 @@ def _builder(store: Store, opts: IngestOptions, spool: _Spool, spooled: list[_Sp
         shards = pa.concat_tables([parent.shards, pa.Table.from_pylist(shard_rows, parent.shards.schema)])
         samples = pa.concat_tables([parent.samples, pa.Table.from_pylist(sample_rows, parent.samples.schema)])
         info = {"ingest": {"site": opts.site, "modality": opts.modality, "added": len(new),
-                           "size": opts.size, "duplicates": state["dup_existing"] + state["dup_run"],
+                           "size": opts.stored_side, "duplicates": state["dup_existing"] + state["dup_run"],
                            "quarantined": state["quarantined"]}}
         return shards, samples, info
 

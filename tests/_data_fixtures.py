@@ -15,9 +15,11 @@ from PIL import Image
 from ldisc.train.env import free_port  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+# real photographs and DICOMs: ../shared/realdata beside the checkout, or $LDISC_REALDATA (a worktree elsewhere)
+REALDATA = Path(os.environ.get("LDISC_REALDATA") or Path(__file__).resolve().parents[2] / "shared" / "realdata")
 PYTHON = sys.executable
 SECRET = "test-secret-0123456789abcdef"
+N_FIRST = 45                 # images of the shared streaming dataset (conftest fixture ``dataset``)
 
 PHI = {
     "PatientName": "Qwertyson^Zyxabel^PHI",
@@ -156,7 +158,16 @@ def ingest_gray(root: Path, n: int, shard_samples: int, dataset: str | None = No
     for i in range(n):
         write_image(root / "src" / f"x{i:03d}.png", gray_image(i, (40, 32)))
     dataset = dataset or str(root / "ds")
-    ingest(IngestOptions(source=str(root / "src"), dataset=dataset, site="s", modality="xray", size=size,
+    ingest(IngestOptions(source=str(root / "src"), dataset=dataset, site="s", modality="xray", stored_side=size,
                          shard_samples=shard_samples, progress=False, quarantine_report=str(root / "q.jsonl")),
            SECRET.encode())
     return dataset
+def add_images(dataset, src: Path, seeds, site: str = "s", modality: str = "xray"):
+    """Write gray PNGs ``seeds`` under ``src`` and ingest them into ``dataset`` (32 px, 4 per shard)."""
+    from sharding.ingest import IngestOptions, ingest
+
+    for i in seeds:
+        write_image(src / f"{site}{i:03d}.png", gray_image(i, (40, 32)))
+    opts = IngestOptions(source=str(src), dataset=str(dataset), site=site, modality=modality, stored_side=32,
+                         shard_samples=4, progress=False, quarantine_report=str(src.parent / f"q-{site}.jsonl"))
+    return ingest(opts, SECRET.encode())

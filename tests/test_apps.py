@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 SG_STEPS = 12
 # shape-guided at 32 px; the discriminator at the generator's lr (lr_scale 1) so that it moves in 12 steps
 SHAPE_GUIDED = ["objective=shape_guided", "objective.stage=2", f"train.stage2_steps={SG_STEPS}",
-                "data.source=noise", "data.size=32", "data.image_size=48", "data.pool=8", "train.batch_size=1",
+                "data.source=noise", "data.view_side=32", "data.image_side=48", "data.pool=8", "train.batch_size=1",
                 "shape_prior.pool=8", "shape_prior.lr_scale=1", f"train.checkpoint_every={SG_STEPS}",
                 "train.progress=false", "threads=1"]
 
@@ -164,7 +164,7 @@ def test_application_tasks_run_in_the_fleet_and_report_next_to_dice(tmp_path):
 
     table = evaluate(checkpoints=["random"], tasks=["synth_xray_landmarks", "synth_fundus_vessel_unsup"],
                      protocols=["frozen"], seeds=[0], out_dir=str(tmp_path), serial=True,
-                     overrides=["data.max_test=3", "data.size=64", "fleet.progress=false"]).to_pylist()
+                     overrides=["data.max_test=3", "data.input_side=64", "fleet.progress=false"]).to_pylist()
     assert all(r["status"] == "ok" for r in table), [r["error"] for r in table]
     methods = {(r["task"], r["protocol"]) for r in table}
     assert methods == {("synth_xray_landmarks", m) for m in ("center", "flat", "ncc")} | {

@@ -18,14 +18,14 @@ from ldisc.train import pretrain
 def _mre(checkpoint: str, method: str) -> float:
     ref = resolve_checkpoint(checkpoint)
     rows = [execute_app_run(RunSpec(ref, "synth_fundus_landmarks", method, seed, {},
-                                    {"size": 128, "max_test": 16}))[0] for seed in (0, 1)]
+                                    {"input_side": 128, "max_test": 16}))[0] for seed in (0, 1)]
     return sum(r["mre_pct"] for r in rows) / len(rows)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_localize_after_brief_pretraining_beats_random_init_and_the_flat_kernel(tmp_path):
-    result = pretrain(["data.modality=fundus", "data.image_size=80", "data.size=64", "data.pool=64",
+    result = pretrain(["data.modality=fundus", "data.image_side=80", "data.view_side=64", "data.pool=64",
                        "train.stage1_steps=50", "train.stage2_steps=0", "train.batch_size=4",
                        "train.checkpoint_every=50", "objective.patch_pooling=center", "train.progress=false",
                        f"run_dir={tmp_path}"])

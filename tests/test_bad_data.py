@@ -10,7 +10,7 @@ import pytest
 
 from ldisc.data import StreamLoader, open_store, read_manifest
 from ldisc.data.loader import BadDataError
-from test_stream_loader import N_FIRST, dataset  # noqa: F401  (module fixture: a 45-image dataset)
+from _data_fixtures import N_FIRST             # the conftest fixture ``dataset`` holds N_FIRST images
 
 
 def _corrupt(ds, rows: list[int]) -> list[str]:

@@ -2,7 +2,7 @@
 
 One spawn of two ranks (module fixture) does everything distributed; the parent holds the
 single-process references: a plain FIFO fed the global batch, and the criterion with the whole
-bank as ``ExtraNegatives(full_bank)`` in one process.
+bank as ``BankNegatives(full_bank)`` in one process.
 """
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from ldisc.bank import ShardedMemoryBank, StridedLayout, load_bank, save_bank, shard_bytes
 from ldisc.bank.layout import slot_ages
 from ldisc.dist import Collective, ProcessGroupCollective
-from ldisc.objectives import key_terms
-from ldisc.objectives.key_terms import ShardedKeyTerms
-from ldisc.objectives.nce import ExtraNegatives, instance_nce
+from ldisc.objectives.bank_terms import BankTerms
+from ldisc.objectives.nce import BankNegatives, instance_nce
+from ldisc.objectives.nce_kernel import log_sum_exp
 from ldisc.objectives.objective import ObjectiveConfig, _nce_over_ranks
-from tests._dist_helpers import run_ranks
+from _dist_helpers import run_ranks
 
 WORLD = 2
 DIM = 8
@@ -71,20 +71,19 @@ def _sharded_nce(rank: int, collective, bank: ShardedMemoryBank, queries: torch.
                  detach_keys: bool) -> dict:
     cfg = ObjectiveConfig(detach_keys=detach_keys, chunk=7)
     local = queries.clone().requires_grad_(True)
-    loss = _nce_over_ranks(local, collective, cfg, bank.negatives())
+    loss = _nce_over_ranks(local, collective, cfg, bank.bank_negatives())
     (loss / collective.world_size).backward()          # gradients of the mean over ranks, as DDP
     return {"loss": loss.item(), "grad": local.grad.clone(), "rows": bank.local_rows}
 
 
 def _worker(rank: int, world: int, data: dict) -> dict:
-    key_terms.TILE = 64                                    # many (query, key) tiles per shard
     collective = ProcessGroupCollective()
     bank = ShardedMemoryBank(CAPACITY, DIM, collective)
     fills = []
     for per_rank in data["steps"]:
         bank.enqueue(per_rank[rank])
         fills.append(bank.fill)
-    out = {"fills": fills, "state": bank.state_dict(), "negatives": bank.negatives().keys.clone()}
+    out = {"fills": fills, "state": bank.state_dict(), "negatives": bank.bank_negatives().keys.clone()}
     save_bank(bank, data["save_dir"])
     bank.enqueue(data["after"][rank])
     out["state_after"] = bank.state_dict()
@@ -99,7 +98,7 @@ def _worker(rank: int, world: int, data: dict) -> dict:
     resumed.enqueue(data["after"][rank])
     out["resumed_after"] = resumed.state_dict()
 
-    nce_bank = ShardedMemoryBank(NCE_BANK, 16, collective, chunk=5)
+    nce_bank = ShardedMemoryBank(NCE_BANK, 16, collective)
     nce_bank.enqueue(data["nce_fill"][rank])
     out["nce_state"] = nce_bank.state_dict()
     out["nce"] = {d: _sharded_nce(rank, collective, nce_bank, data["queries"][rank], d) for d in (True, False)}
@@ -145,7 +144,7 @@ def test_one_process_bank_is_the_same_fifo():
     for (v,) in steps:
         bank.enqueue(v)
     torch.testing.assert_close(global_fifo([bank.state_dict()]), reference_fifo(steps, CAPACITY), rtol=0, atol=0)
-    assert ShardedMemoryBank(0, DIM).negatives() is None and ShardedMemoryBank(5, DIM).negatives() is None
+    assert ShardedMemoryBank(0, DIM).bank_negatives() is None and ShardedMemoryBank(5, DIM).bank_negatives() is None
 
 
 def test_resume_two_ranks_to_one(ranks, tmp_path):
@@ -176,7 +175,7 @@ def _single_process_nce(queries: list[torch.Tensor], full_bank: torch.Tensor, de
     half = QUERIES // 2
     arranged = torch.cat([q[:half] for q in queries] + [q[half:] for q in queries]).requires_grad_(True)
     cfg = ObjectiveConfig(detach_keys=detach_keys, chunk=7)
-    loss = _nce_over_ranks(arranged, Collective(), cfg, ExtraNegatives(full_bank, None, 5))
+    loss = _nce_over_ranks(arranged, Collective(), cfg, BankNegatives(full_bank))
     loss.backward()
     g = arranged.grad
     grads = [torch.cat([g[r * half:(r + 1) * half], g[(WORLD + r) * half:(WORLD + r + 1) * half]])
@@ -221,13 +220,12 @@ def dense_nce_with_bank(q: torch.Tensor, bank: torch.Tensor, tau: float) -> torc
     return (-(s[pos] - log_z) - log1m).mean()
 
 
-def test_bank_criterion_equals_dense_reference(monkeypatch):
-    monkeypatch.setattr(key_terms, "TILE", 40)             # 7-row chunks × 5-key tiles
+def test_bank_criterion_equals_dense_reference():
     gen = torch.Generator().manual_seed(1)
     q, bank = unit(gen, 30, 16).double(), unit(gen, 57, 16).double()
     rows = torch.arange(30)
     q1 = q.clone().requires_grad_(True)
-    loss = instance_nce(q1, q1, rows, (rows + 15) % 30, 0.1, extra=ExtraNegatives(bank, None, 7), chunk=7).mean()
+    loss = instance_nce(q1, q1, rows, (rows + 15) % 30, 0.1, 7, bank_negatives=BankNegatives(bank)).mean()   # 7 × 7 tiles
     loss.backward()
     q2 = q.clone().requires_grad_(True)
     ref = dense_nce_with_bank(q2, bank, 0.1)
@@ -236,22 +234,20 @@ def test_bank_criterion_equals_dense_reference(monkeypatch):
     torch.testing.assert_close(q1.grad, q2.grad, rtol=1e-10, atol=1e-12)
 
 
-def test_sharded_key_terms_gradcheck(monkeypatch):
-    monkeypatch.setattr(key_terms, "TILE", 12)
+def test_bank_terms_gradcheck():
     gen = torch.Generator().manual_seed(2)
     q = unit(gen, 9, 6).double().requires_grad_(True)
     keys = unit(gen, 11, 6).double()
     a = torch.randn(9, generator=gen, dtype=torch.float64).add(2.0).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda q, a: ShardedKeyTerms.apply(q, a, keys, 0.5, 4, None), (q, a))
+    assert torch.autograd.gradcheck(lambda q, a: BankTerms.apply(q, a, keys, 0.5, 4, None), (q, a))
 
 
-def test_bank_logsumexp_when_scores_span_more_than_fp32_exp(monkeypatch):
+def test_bank_logsumexp_when_scores_span_more_than_fp32_exp():
     """τ = 0.01: e^{s − |q||x|/τ} underflows for rows far from every key; those rows are redone exactly."""
-    monkeypatch.setattr(key_terms, "TILE", 30)
     gen = torch.Generator().manual_seed(4)
     keys = F.pad(unit(gen, 40, 3), (0, 1))                           # no key has a 4th component
     far = torch.tensor([[0.0, 0.0, 0.0, 1.0], [0.1, 0.0, 0.0, 0.995]])  # s ≈ 0..10 of a bound 100
     q = torch.cat([unit(gen, 5, 4), far])
     expected = torch.logsumexp(q @ keys.t() / 0.01, 1)
-    got = key_terms._shard_logsumexp(q, keys, 0.01, 3, None)
+    got = log_sum_exp(q, keys, 0.01, 3)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-4)

@@ -19,7 +19,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def _batch(seed: int = 0, pairs: int = 2, size: int = 32) -> dict:
     gen = torch.Generator().manual_seed(seed)
     x1, x2 = torch.rand(2, pairs, 3, size + 8, size + 8, generator=gen)
-    return make_views_batch(x1, x2, ViewConfig(size=size), gen)
+    return make_views_batch(x1, x2, ViewConfig(view_side=size), gen)
 
 
 def _bank_cfg(*overrides: str):
@@ -30,13 +30,13 @@ def _bank_cfg(*overrides: str):
 def test_config_group_builds_the_bank():
     none = _bank_cfg()
     assert build_bank(none, Collective(), 32).capacity == 0
-    assert build_key_encoder(none, LDNet("tiny", 8)) is None
+    assert build_key_encoder(none, LDNet("tiny", 8), 8) is None
     fifo = _bank_cfg("bank=fifo")
-    assert (fifo.size, fifo.ema_momentum, fifo.chunk) == (65536, 0.0, 1024)
+    assert (fifo.entries, fifo.ema_momentum) == (65536, 0.0)
     bank = build_bank(fifo, Collective(), 32)
-    assert (bank.capacity, bank.chunk, bank.keys.shape) == (65536, 1024, (65536, 32))
-    assert build_key_encoder(fifo, LDNet("tiny", 8)) is None
-    ema = build_key_encoder(_bank_cfg("bank=fifo", "bank.ema_momentum=0.99"), LDNet("tiny", 8))
+    assert (bank.capacity, bank.keys.shape) == (65536, (65536, 32))
+    assert build_key_encoder(fifo, LDNet("tiny", 8), 8) is None
+    ema = build_key_encoder(_bank_cfg("bank=fifo", "bank.ema_momentum=0.99"), LDNet("tiny", 8), 8)
     assert isinstance(ema, EMAKeyEncoder) and ema.momentum == 0.99
 
 
@@ -82,7 +82,7 @@ def test_feed_bank_with_and_without_key_encoder():
     torch.testing.assert_close(keyed.keys[:512], online, rtol=1e-5, atol=1e-6)
     off = ShardedMemoryBank(0, 8)
     feed_bank(off, online, batch)
-    assert off.fill == 0 and off.negatives() is None and off.fill_ratio == 0.0
+    assert off.fill == 0 and off.bank_negatives() is None and off.fill_ratio == 0.0
 
 
 def test_bad_inputs_are_refused():

@@ -12,13 +12,13 @@ import pytest
 from ldisc.train import pretrain
 from ldisc.train.checkpoint import list_checkpoints, resolve_resume
 from ldisc.train.checkpoint_integrity import MANIFEST, verify
-from tests.test_train import _steps
+from _train_helpers import tiny_steps
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("integrity")
-    pretrain(_steps(run_dir, 3, 0, 1))
+    pretrain(tiny_steps(run_dir, 3, 0, 1))
     return run_dir
 
 
@@ -59,7 +59,7 @@ def test_resume_auto_falls_back_past_a_truncated_newest_checkpoint(run, tmp_path
     target = _optimizer_file(newest)
     target.write_bytes(target.read_bytes()[:100])
     with caplog.at_level(logging.WARNING, logger="ldisc.train.checkpoint_integrity"):
-        result = pretrain(_steps(run_dir, 4, 0, 1, "train.resume=auto"))
+        result = pretrain(tiny_steps(run_dir, 4, 0, 1, "train.resume=auto"))
     assert any(str(newest) in r.getMessage() and "truncated" in r.getMessage() for r in caplog.records)
     resumes = [json.loads(line) for line in (run_dir / "resumes.jsonl").read_text().splitlines()]
     assert resumes[-1]["step"] == 2 and resumes[-1]["checkpoint"].endswith("step_0000002")

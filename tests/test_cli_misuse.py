@@ -12,7 +12,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-PRETRAIN_TINY = ["data.source=noise", "data.size=32", "data.image_size=48", "train.progress=false"]
+PRETRAIN_TINY = ["data.source=noise", "data.view_side=32", "data.image_side=48", "train.progress=false"]
 
 
 def _run(module: str, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
@@ -36,13 +36,18 @@ def _assert_usage_error(out: subprocess.CompletedProcess, prog: str, *words: str
     ("train.batch_size=0", ["train.batch_size"]),
     ("train.lr=nan", ["train.lr", "nan"]),
     ("train.lr=inf", ["train.lr", "inf"]),
-    ("data.size=40", ["data.size=40", "multiples of 16"]),
+    ("data.view_side=40", ["data.view_side=40", "multiples of 16"]),
     ("train.resume=/nonexistent/ckpt", ["/nonexistent/ckpt"]),
     ("data=shards", ["no committed manifest"]),
     ("train.no_such_key=1", ["no_such_key"]),
+    ("+train.no_such_key=1", ["unknown key train.no_such_key"]),
+    ("train.batch_size=two", ["train.batch_size must be int", "two"]),
+    ("train.progress=3", ["train.progress must be bool"]),
+    ("engine.precision=fp8", ["engine.precision", "fp8"]),
+    ("bank.ema_momentum=1.5", ["bank.ema_momentum", "1.5"]),
 ])
 def test_pretrain_rejects_impossible_values(tmp_path, override, words):
-    base = (["data=shards", "data.size=32", f"data.dataset={tmp_path / 'missing'}", "data.num_workers=0"]
+    base = (["data=shards", "data.view_side=32", f"data.dataset={tmp_path / 'missing'}", "data.num_workers=0"]
             if override == "data=shards" else [*PRETRAIN_TINY])
     out = _run("ldisc.train.cli", [*base, f"run_dir={tmp_path / 'run'}", "train.stage1_steps=1",
                                    "train.stage2_steps=0", *([] if override == "data=shards" else [override])],

@@ -76,7 +76,7 @@ def test_shard_ingest_records_itself_and_manifest_version_flag(tmp_path):
     for i in range(2):
         write_image(tmp_path / "src" / f"{i}.png", gray_image(i))
     done = _cli("sharding.cli", "ingest", str(tmp_path / "src"), "--dataset", str(tmp_path / "ds"), "--site", "a",
-                "--modality", "xray", "--size", "32", "--shard-bytes", "1MB", "--no-progress", cwd=tmp_path)
+                "--modality", "xray", "--stored-side", "32", "--shard-bytes", "1MB", "--no-progress", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     log = json.loads((tmp_path / "ds" / "logs" / "ingest-v000001.json").read_text())
     assert log["program"] == "ldisc-shard ingest" and log["argv"][-1] == "--no-progress"
@@ -218,7 +218,7 @@ def test_pretraining_records_itself_and_tracks_to_tensorboard_and_mlflow(tmp_pat
 
     uri = f"file:{tmp_path / 'mlruns'}"
     run_dir = tmp_path / "run"
-    overrides = ["data.source=noise", "data.size=32", "data.image_size=48", "data.pool=8", "train.batch_size=1",
+    overrides = ["data.source=noise", "data.view_side=32", "data.image_side=48", "data.pool=8", "train.batch_size=1",
                  "train.progress=false", "train.stage1_steps=2", "train.stage2_steps=1", "train.checkpoint_every=3",
                  "train.val_fraction=0", f"run_dir={run_dir}", "logging.tensorboard=true",
                  f"logging.mlflow.tracking_uri={uri}"]

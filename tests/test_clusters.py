@@ -87,7 +87,7 @@ def test_stage2_run_logs_exports_and_draws_clusters(tmp_path):
     from ldisc.train import pretrain
 
     run = tmp_path / "run"
-    pretrain(["data.source=synthetic", "data.modality=fundus", "data.size=32", "data.image_size=40", "data.pool=2", "train.val_fraction=0",
+    pretrain(["data.source=synthetic", "data.modality=fundus", "data.view_side=32", "data.image_side=40", "data.pool=2", "train.val_fraction=0",
               "train.batch_size=1", "model.clusters=4", "train.progress=false", "threads=1",
               "train.stage1_steps=1", "train.stage2_steps=2", "train.cluster_image_every=1",
               "train.cluster_probe_images=2", "objective.w_area=1", f"run_dir={run}"])

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train import TINY, cli_env, finish, losses_without_timing, start_torchrun
+from _train_helpers import TINY, cli_env, finish, losses_without_timing, start_torchrun
 
 from ldisc.config import compose
 from ldisc.train.checkpoint import latest_checkpoint
@@ -44,7 +44,7 @@ LOSS_KEYS = ("patch", "mix", "total")
 
 def _run(run_dir: Path, zero: int, steps: int, *extra: str) -> list[str]:
     return [*TINY, f"run_dir={run_dir}", f"train.stage1_steps={steps}", "train.stage2_steps=0",
-            f"train.checkpoint_every={SAVED}", "train.keep_checkpoints=5", "bank.size=256",
+            f"train.checkpoint_every={SAVED}", "train.keep_checkpoints=5", "bank.entries=256",
             f"engine.zero_stage={zero}", "train.resume=auto", *extra]
 
 

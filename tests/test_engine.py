@@ -8,12 +8,13 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from test_train import TINY, sample_log
+from _train_helpers import TINY, sample_log
 from _dist_helpers import run_ranks
 
 from ldisc.config import compose
 from ldisc.train import pretrain
 from ldisc.train.ds_config import build_ds_config
+from ldisc.train.validate import check_pretrain_config
 from ldisc.train.sync_bn import GlobalBatchNorm2d, convert_sync_batchnorm
 
 
@@ -21,10 +22,15 @@ def _cfg(*overrides: str):
     return compose("pretrain", ["run_dir=/unused", *overrides])
 
 
+def _ds_config(*overrides: str, world_size: int) -> dict:
+    sections = check_pretrain_config(_cfg(*overrides))
+    return build_ds_config(sections.engine, sections.train, world_size)
+
+
 def test_ds_config_from_hydra():
-    c = build_ds_config(_cfg("engine.zero_stage=2", "engine.precision=bf16", "engine.gradient_accumulation=4",
-                             "engine.grad_clip=1.5", "train.batch_size=3", "train.lr=2e-3",
-                             "train.lr_halve_every=7", "+engine.extra.zero_optimization.overlap_comm=true"), 8)
+    c = _ds_config("engine.zero_stage=2", "engine.precision=bf16", "engine.gradient_accumulation=4",
+                   "engine.grad_clip=1.5", "train.batch_size=3", "train.lr=2e-3",
+                   "train.lr_halve_every=7", "+engine.extra.zero_optimization.overlap_comm=true", world_size=8)
     assert c["train_batch_size"] == 3 * 4 * 8 and c["train_micro_batch_size_per_gpu"] == 3
     assert c["gradient_accumulation_steps"] == 4 and c["gradient_clipping"] == 1.5
     assert c["zero_optimization"] == {"stage": 2, "overlap_comm": True}
@@ -32,9 +38,9 @@ def test_ds_config_from_hydra():
     assert c["optimizer"] == {"type": "Adam", "params": {"lr": 2e-3, "betas": [0.9, 0.999], "eps": 1e-8,
                               "weight_decay": 0.0, "torch_adam": True, "adam_w_mode": False}}
     assert c["scheduler"] == {"type": "StepLR", "params": {"step_size": 7, "gamma": 0.5}}
-    assert build_ds_config(_cfg("engine.precision=bf16-autocast"), 1)["torch_autocast"]["dtype"] == "bfloat16"
+    assert _ds_config("engine.precision=bf16-autocast", world_size=1)["torch_autocast"]["dtype"] == "bfloat16"
     with pytest.raises(ValueError, match="gradient_accumulation"):
-        build_ds_config(_cfg("engine.gradient_accumulation=0"), 1)
+        _ds_config("engine.gradient_accumulation=0", world_size=1)
 
 
 @pytest.mark.parametrize("zero, precision", [(0, "bf16"), (1, "fp32"), (2, "bf16-autocast"), (3, "fp32"),
@@ -98,8 +104,8 @@ def test_global_batchnorm_two_ranks_equals_one():
 
 
 def test_config_composes_with_bank_and_engine_groups(tmp_path):
-    cfg = _cfg("engine.zero_stage=3", "bank.size=65536", "objective.stage=2")
-    assert OmegaConf.select(cfg, "engine.name") == "deepspeed" and cfg.bank.size == 65536
+    cfg = _cfg("engine.zero_stage=3", "bank.entries=65536", "objective.stage=2")
+    assert OmegaConf.select(cfg, "engine.name") == "deepspeed" and cfg.bank.entries == 65536
     result = pretrain([*TINY, f"run_dir={tmp_path}", "objective.stage=2", "train.stage2_steps=1",
                        "train.checkpoint_every=1"])
     assert [r["stage"] for r in result.losses] == [2]

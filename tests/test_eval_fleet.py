@@ -15,7 +15,7 @@ import pytest
 
 from _drill import record
 from ldisc.eval.monitor import FleetMonitor
-from tests._prom import lint, series, value
+from _prom import lint, series, value
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL = [sys.executable, "-m", "ldisc.eval.cli"]

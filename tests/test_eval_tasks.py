@@ -48,7 +48,7 @@ def test_twin_splits_are_fixed_disjoint_and_annotated():
     assert a.train.x.shape == (8, 3, 48, 48) and 0 <= a.train.x.min() and a.train.x.max() <= 1
     # a larger few-label set of the same twin draws from the same fixed training images
     assert set(load_task_data(get_task("synth_idrid_exudate@32"), size=48).test.names) >= set(a.test.names)
-    assert get_task("synth_idrid_disc").input_size == 64
+    assert get_task("synth_idrid_disc").input_side == 64
     # STARE has 10 training images; its twin generates as many as a few-label variant asks for
     stare = load_task_data(get_task("synth_stare_vessel@16"), size=32, max_test=2)
     assert len(stare.train) + len(stare.val) == 16

@@ -27,13 +27,13 @@ from ldisc.data.store import take_retries
 from ldisc.train.checkpoint import TMP_PREFIX, CheckpointSaveError, latest_checkpoint
 from ldisc.train.checkpoint_integrity import require_verified
 from ldisc.train.run import pretrain
-from test_stream_loader import N_FIRST, dataset  # noqa: F401  (module fixture: a 45-image, 12-shard dataset)
+from _data_fixtures import N_FIRST          # conftest fixture ``dataset``: a 45-image, 12-shard dataset
 
 STEPS = (N_FIRST // 4)          # one epoch of the dataset at batch 2, one rank
 
 
 def _train_overrides(run_dir, ds, steps: int = STEPS, *extra: str) -> list[str]:
-    return [f"run_dir={run_dir}", "data=shards", f"data.dataset={ds}", "data.size=32", "data.num_workers=0",
+    return [f"run_dir={run_dir}", "data=shards", f"data.dataset={ds}", "data.view_side=32", "data.num_workers=0",
             "data.modality=xray", "train.batch_size=2", f"train.stage1_steps={steps}", "train.stage2_steps=0",
             f"train.checkpoint_every={steps}", "train.val_fraction=0", "train.progress=false", "model.clusters=4",
             "threads=1", *extra]
@@ -229,7 +229,7 @@ def test_kill_a_rank_mid_epoch_under_ldisc_launch_resumes_exactly(tmp_path, data
         return subprocess.Popen([PYTHON, "-m", "launcher.cli", "pretrain", "--target", "local",
                                  "launch.procs_per_node=2", f"launch.max_restarts={restarts}", *overrides,
                                  "train.stage1_steps=6", "train.stage2_steps=3", "train.checkpoint_every=3",
-                                 "train.keep_checkpoints=5", "bank=fifo", "bank.size=256"],
+                                 "train.keep_checkpoints=5", "bank=fifo", "bank.entries=256"],
                                 cwd=REPO, env=cli_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     ref, bad, faults = tmp_path / "ref", tmp_path / "bad", tmp_path / "faults.jsonl"

@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 
-from test_train import REPO, TINY, cli_env, finish, losses_without_timing, sample_log, start_torchrun
+from _train_helpers import REPO, TINY, cli_env, finish, losses_without_timing, sample_log, start_torchrun
 
 from _drill import lost_and_duplicates, record
 from ldisc.train.checkpoint import TMP_PREFIX, latest_checkpoint
@@ -17,7 +17,7 @@ from ldisc.train.env import free_port
 # 3 stage-1 + 5 stage-2 steps, 2 ranks, a memory bank; checkpoints after steps 3, 6, 8.
 def _overrides(run_dir) -> list[str]:
     return [*TINY, f"run_dir={run_dir}", "train.stage1_steps=3", "train.stage2_steps=5",
-            "train.checkpoint_every=3", "train.keep_checkpoints=5", "bank.size=256", "train.resume=auto",
+            "train.checkpoint_every=3", "train.keep_checkpoints=5", "bank.entries=256", "train.resume=auto",
             # training losses, data position and bank resume bitwise; the held-out validation loss after a
             # resume with a bank on differs in the 3rd digit (not yet bitwise), so it is off here
             "train.val_fraction=0"]
@@ -71,7 +71,7 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path):
 
 def test_resume_on_fewer_ranks(tmp_path):
     """A job of 2 ranks checkpoints; the same run continues as 1 rank (ZeRO 0, the bank re-sharded)."""
-    run = [*TINY, f"run_dir={tmp_path}", "train.stage1_steps=3", "train.checkpoint_every=3", "bank.size=256"]
+    run = [*TINY, f"run_dir={tmp_path}", "train.stage1_steps=3", "train.checkpoint_every=3", "bank.entries=256"]
     finish(start_torchrun([*run, "train.stage2_steps=0"], free_port()))
     finish(start_torchrun([*run, "train.stage2_steps=2", "train.resume=auto"], free_port(), nproc=1))
     resumes = [json.loads(x) for x in (tmp_path / "resumes.jsonl").read_text().splitlines()]

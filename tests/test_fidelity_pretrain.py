@@ -73,7 +73,7 @@ def ref_parameter_count(k: int = 16, in_channels: int = 3) -> int:
 def _stage2_batch(seed: int = 0) -> dict:
     gen = torch.Generator().manual_seed(seed)
     x1, x2 = torch.rand(B, 3, 40, 40, generator=gen), torch.rand(B, 3, 40, 40, generator=gen)
-    batch = make_views_batch(x1, x2, ViewConfig(size=SIZE), gen)
+    batch = make_views_batch(x1, x2, ViewConfig(view_side=SIZE), gen)
     return {k: v.double() if v.is_floating_point() else v for k, v in batch.items()}
 
 
@@ -115,7 +115,7 @@ def _transform_key(flip: int, rot: int) -> tuple:
 def test_default_second_view_set_is_the_four_rotations_and_matches_reference():
     x = torch.rand(64, 3, 24, 24)
     gen = torch.Generator().manual_seed(3)
-    v = make_views_batch(x, x, ViewConfig(size=16), gen)
+    v = make_views_batch(x, x, ViewConfig(view_side=16), gen)
     flips, rots = torch.cat([v["flip1"], v["flip2"]]), torch.cat([v["rot1"], v["rot2"]])
     assert set(flips.tolist()) == {0, 2}            # no horizontal mirror code
     probe = torch.arange(16.0).view(1, 1, 4, 4)
@@ -126,7 +126,7 @@ def test_default_second_view_set_is_the_four_rotations_and_matches_reference():
         for k in range(4):
             got = apply_dihedral(probe.double(), torch.tensor([f]), torch.tensor([k]))
             assert torch.equal(got, ref_second_view(probe.double(), f == 2, k))
-    dihedral = make_views_batch(x, x, ViewConfig(size=16, second_view="dihedral"), torch.Generator().manual_seed(3))
+    dihedral = make_views_batch(x, x, ViewConfig(view_side=16, second_view="dihedral"), torch.Generator().manual_seed(3))
     assert set(torch.cat([dihedral["flip1"], dihedral["flip2"]]).tolist()) == {0, 1}
     assert len({_transform_key(f, k) for f in (0, 1) for k in range(4)}) == 8
 
@@ -152,7 +152,7 @@ def test_second_view_inversion_on_features_is_exact(second_view):
 def test_pil_path_second_view_undoes_to_first_view(second_view):
     rng = np.random.default_rng(0)
     a = Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8), "RGB")
-    cfg = ViewConfig(size=24, view_rotation_deg=0, brightness=0, contrast=0, saturation=0, hue=0,
+    cfg = ViewConfig(view_side=24, view_rotation_deg=0, brightness=0, contrast=0, saturation=0, hue=0,
                      grayscale_p=0, second_view=second_view, second_flip_p=1.0)
     v = make_views(a, a, cfg, torch.Generator().manual_seed(5))
     assert int(v["flip1"]) == (2 if second_view == "rotations" else 1)
@@ -203,7 +203,7 @@ def test_xray_input_one_channel_half_normalisation(tmp_path):
     assert input_normalization("xray") == (1, (0.5,), (0.5,))
     x = torch.rand(2, 3, 40, 40)
     x[:, 1:] = x[:, :1]                                          # gray replicated, as decoded
-    v = make_views_batch(x, x, ViewConfig(size=24, modality="xray"), torch.Generator().manual_seed(0))
+    v = make_views_batch(x, x, ViewConfig(view_side=24, modality="xray"), torch.Generator().manual_seed(0))
     assert v["x1_1"].shape == (2, 1, 24, 24)
     assert v["x1_1"].min() >= -1 - 1e-6 and v["x1_1"].max() <= 1 + 1e-6
     torch.testing.assert_close(normalize(torch.full((1, 1, 2, 2), 0.75), "xray"), torch.full((1, 1, 2, 2), 0.5))

@@ -20,7 +20,7 @@ from ldisc.dist import Collective, ProcessGroupCollective
 from ldisc.model import LDNet
 from ldisc.objectives.objective import LDObjective, ObjectiveConfig
 from ldisc.views import ViewConfig, make_views_batch
-from tests._dist_helpers import run_ranks
+from _dist_helpers import run_ranks
 
 WORLD = 2
 PER_RANK = 2                 # image pairs per rank per step
@@ -53,7 +53,7 @@ def make_data() -> dict:
     batches = []
     for _ in range(max(c.steps for c in CASES.values())):
         x1, x2 = torch.rand(2, WORLD * PER_RANK, 3, SIZE + 8, SIZE + 8, generator=gen)
-        batches.append(make_views_batch(x1, x2, ViewConfig(size=SIZE), gen))
+        batches.append(make_views_batch(x1, x2, ViewConfig(view_side=SIZE), gen))
     torch.manual_seed(5)
     # PyTorch's default init (model.init=torch): with BN in eval mode the Kaiming-initialised net keeps
     # its deep activations at scale ~1, which amplifies fp32 summation-order noise over the steps past
@@ -81,13 +81,13 @@ def train(case: Case, data: dict, collective: Collective, rows: slice, world: in
     model.eval()
     objective = LDObjective(ObjectiveConfig(stage=case.stage, prototype_momentum=case.prototype_momentum,
                                             chunk=200), collective)
-    bank = ShardedMemoryBank(case.bank, EMBED, collective, chunk=300)
-    keys = build_key_encoder({"size": case.bank, "ema_momentum": case.ema_momentum}, model)
+    bank = ShardedMemoryBank(case.bank, EMBED, collective)
+    keys = build_key_encoder({"entries": case.bank, "ema_momentum": case.ema_momentum}, model, 8)
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
     history, first_grads = [], None
     for batch in data["batches"][:case.steps]:
         local = {k: v[rows] for k, v in batch.items()}
-        out = objective(model, local, bank=bank.negatives())
+        out = objective(model, local, bank_negatives=bank.bank_negatives())
         opt.zero_grad()
         out.total.backward()
         average_gradients(model, collective)

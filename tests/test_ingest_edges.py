@@ -13,7 +13,7 @@ from _data_fixtures import gray_image, run_cli, write_image
 
 
 def _ingest(src, ds, *extra):
-    return run_cli("ingest", str(src), "--dataset", str(ds), "--site", "a", "--modality", "xray", "--size", "32",
+    return run_cli("ingest", str(src), "--dataset", str(ds), "--site", "a", "--modality", "xray", "--stored-side", "32",
                    "--no-progress", *extra)
 
 

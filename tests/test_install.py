@@ -123,7 +123,7 @@ def test_fresh_venv_with_all_dependencies_trains_and_evaluates(tmp_path):
     for script in SCRIPTS:
         assert run_script(venv, cwd, script, "--version").stdout.strip() == f"{script} {VERSION}"
     run_dir = cwd / "run"
-    pre = run_script(venv, cwd, "ldisc-pretrain", "data.source=noise", "data.size=32", "data.image_size=48",
+    pre = run_script(venv, cwd, "ldisc-pretrain", "data.source=noise", "data.view_side=32", "data.image_side=48",
                      "train.batch_size=1", "train.stage1_steps=1", "train.stage2_steps=1", "train.progress=false",
                      f"run_dir={run_dir}", timeout=900)
     assert pre.returncode == 0, pre.stderr[-3000:]

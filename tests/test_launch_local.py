@@ -17,9 +17,9 @@ from launcher.k8s.assets import ALERTS, PANELS
 from ldisc.data.manifest import latest_version
 from ldisc.data.store import open_store
 from ldisc.train.checkpoint import list_checkpoints
-from tests._data_fixtures import SECRET, fundus_image, write_image
-from tests._prom import lint, promtool, promtool_check, value
-from tests.test_train import TINY, cli_env
+from _data_fixtures import SECRET, fundus_image, write_image
+from _prom import lint, promtool, promtool_check, value
+from _train_helpers import TINY, cli_env
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = [sys.executable, "-m", "launcher.cli"]
@@ -50,7 +50,7 @@ def tmp(tmp_path_factory) -> Path:
 def pretrain_run(tmp) -> Path:
     run = tmp / "run"
     _launch("pretrain", "--target", "local", "launch.procs_per_node=2", *TINY, f"run_dir={run}",
-            "train.stage1_steps=2", "train.stage2_steps=0", "train.checkpoint_every=2", "bank=fifo", "bank.size=16")
+            "train.stage1_steps=2", "train.stage2_steps=0", "train.checkpoint_every=2", "bank=fifo", "bank.entries=16")
     return run
 
 
@@ -61,7 +61,7 @@ def ingest_run(tmp) -> dict:
         write_image(drop / f"p{i}.png", fundus_image((120, 100), center=(60, 50), radius=40, seed=i))
     (drop / "broken.png").write_bytes(b"not a png")          # a corrupt input: quarantined and counted
     ingest = ["ingest", "--target", "local", f"launch.ingest.source={drop}", f"launch.ingest.dataset={dataset}",
-              "launch.ingest.site=h7", "launch.ingest.modality=fundus", "launch.ingest.size=64",
+              "launch.ingest.site=h7", "launch.ingest.modality=fundus", "launch.ingest.stored_side=64",
               f"launch.ingest.metrics_file={metrics}"]
     return {"dataset": dataset, "metrics": metrics, "first": _launch(*ingest), "again": _launch(*ingest)}
 

@@ -14,8 +14,8 @@ def stage1_run(tmp_path_factory):
     torch.manual_seed(0)
     run_dir = tmp_path_factory.mktemp("stage1")
     return pretrain(["train.stage1_steps=120", "train.stage2_steps=0", "train.checkpoint_every=120",
-                     f"run_dir={run_dir}", "data.modality=fundus", "data.pool=8", "data.size=128",
-                     "data.image_size=160", "train.batch_size=2", "train.progress=false", "seed=0"])
+                     f"run_dir={run_dir}", "data.modality=fundus", "data.pool=8", "data.view_side=128",
+                     "data.image_side=160", "train.batch_size=2", "train.progress=false", "seed=0"])
 
 
 @pytest.mark.slow      # ~2.5 min on 2 cores with the authors' full-resolution decoder
@@ -34,8 +34,8 @@ def short_stage1_run(tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("stage1-short")
     return pretrain(["train.stage1_steps=6", "train.stage2_steps=0", "train.checkpoint_every=6",
-                     f"run_dir={run_dir}", "data.modality=fundus", "data.pool=8", "data.size=64",
-                     "data.image_size=80", "train.batch_size=2", "train.progress=false", "seed=0"])
+                     f"run_dir={run_dir}", "data.modality=fundus", "data.pool=8", "data.view_side=64",
+                     "data.image_side=80", "train.batch_size=2", "train.progress=false", "seed=0"])
 
 
 def test_stage2_starts_from_stage1_checkpoint(short_stage1_run, tmp_path):
@@ -43,7 +43,7 @@ def test_stage2_starts_from_stage1_checkpoint(short_stage1_run, tmp_path):
 
     ckpt = short_stage1_run.checkpoint
     result = pretrain(["train.stage1_steps=0", "train.stage2_steps=3", f"train.init_from={ckpt}",
-                       f"run_dir={tmp_path}", "data.pool=4", "data.size=64", "data.image_size=80",
+                       f"run_dir={tmp_path}", "data.pool=4", "data.view_side=64", "data.image_side=80",
                        "train.progress=false"])
     assert [r["stage"] for r in result.losses] == [2, 2, 2]
     assert {"patch", "mix", "region", "entropy"} <= set(result.losses[0])

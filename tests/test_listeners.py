@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._listeners import exposed, is_loopback, listeners, process_tree
+from _listeners import exposed, is_loopback, listeners, process_tree
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ _RAY_DRIVER = textwrap.dedent("""
     from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
     from ldisc.eval.fleet import FleetConfig, init_ray
     from ldisc.eval.ray_local import stop_local_ray
-    from tests._listeners import listeners, process_tree
+    from _listeners import listeners, process_tree
 
     init_ray(FleetConfig(num_cpus=1, warm_start=False))
     pid = ray.get(ray.remote(lambda: os.getpid()).options(num_cpus=1).remote())
@@ -50,7 +50,8 @@ _RAY_DRIVER = textwrap.dedent("""
 
 def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    return env | {"PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled", "HOME": extra.pop("home")} | extra
+    path = os.pathsep.join([str(REPO), str(REPO / "tests")])     # the driver imports the _listeners helper
+    return env | {"PYTHONPATH": path, "RAY_AUTH_MODE": "disabled", "HOME": extra.pop("home")} | extra
 
 
 def test_loopback_classification():
@@ -96,13 +97,13 @@ def _listeners_of_stopped_job(proc: subprocess.Popen, timeout: float = 300) -> l
 
 def _train_args(run_dir: Path) -> list[str]:
     from ldisc.train.env import free_port
-    from tests.test_train import TINY
+    from _train_helpers import TINY
 
     return [*TINY, f"run_dir={run_dir}", "train.stage1_steps=3", "train.stage2_steps=0", f"metrics.port={free_port()}"]
 
 
 def test_single_process_pretraining_listens_on_loopback_only(tmp_path):
-    from tests.test_train import cli_env
+    from _train_helpers import cli_env
 
     proc = subprocess.Popen([sys.executable, "-m", "ldisc.train.cli", *_train_args(tmp_path)], cwd=REPO,
                             env=cli_env(LDISC_FAULT_STOP_AT_STEP="2"), stdout=subprocess.DEVNULL,
@@ -115,7 +116,7 @@ def test_single_process_pretraining_listens_on_loopback_only(tmp_path):
 @pytest.mark.slow
 def test_two_process_pretraining_listens_on_loopback_only(tmp_path):
     from ldisc.train.env import free_port
-    from tests.test_train import cli_env, start_torchrun
+    from _train_helpers import cli_env, start_torchrun
 
     proc = start_torchrun(_train_args(tmp_path), free_port(), env=cli_env(LDISC_FAULT_STOP_AT_STEP="2"))
     found = _listeners_of_stopped_job(proc)

@@ -6,11 +6,11 @@ import threading
 import time
 import urllib.request
 
-from test_train import TINY
+from _train_helpers import TINY
 
 from ldisc.train import pretrain
 from ldisc.train.env import free_port
-from tests._prom import lint, value
+from _prom import lint, value
 
 NAMES = ("ldisc_train_step_duration_seconds_bucket", "ldisc_train_images_total", "ldisc_train_loss",
          "ldisc_train_data_wait_duration_seconds_count", "ldisc_train_bank_fill_ratio", "ldisc_train_step",
@@ -34,7 +34,7 @@ def test_metrics_are_served_and_written(tmp_path):
     t = threading.Thread(target=scrape)
     t.start()
     try:
-        pretrain([*TINY, f"run_dir={tmp_path}", "train.stage1_steps=3", "train.stage2_steps=0", "bank.size=128",
+        pretrain([*TINY, f"run_dir={tmp_path}", "train.stage1_steps=3", "train.stage2_steps=0", "bank.entries=128",
                   "train.checkpoint_every=3", f"metrics.port={port}", "metrics.linger_s=1",
                   f"metrics.textfile_dir={tmp_path / 'collector'}"])
     finally:

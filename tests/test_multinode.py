@@ -7,10 +7,10 @@ import threading
 import time
 import urllib.request
 
-from test_train import TINY, finish, losses_without_timing, sample_log, start_torchrun
+from _train_helpers import TINY, finish, losses_without_timing, sample_log, start_torchrun
 
 from ldisc.train.env import free_port
-from tests._prom import value
+from _prom import value
 
 
 def _scrape_until_done(port: int, procs, found: dict) -> None:

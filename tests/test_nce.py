@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ldisc.objectives.nce import ExtraNegatives, authors_nce, instance_nce
+from ldisc.objectives.nce import BankNegatives, authors_nce, instance_nce
 
 
 def _unit(n, d=16, seed=0, dtype=torch.float32):
@@ -11,10 +11,10 @@ def _unit(n, d=16, seed=0, dtype=torch.float32):
     return F.normalize(torch.randn(n, d, generator=g, dtype=dtype), dim=1)
 
 
-def _ours(x, tau=0.1, detach_keys=True, chunk=7, extra=None):
+def _ours(x, tau=0.1, detach_keys=True, chunk=7, bank_negatives=None):
     n = x.shape[0]
     idx = torch.arange(n)
-    return instance_nce(x, x, idx, (idx + n // 2) % n, tau, detach_keys, extra=extra, chunk=chunk).mean()
+    return instance_nce(x, x, idx, (idx + n // 2) % n, tau, chunk, detach_keys, bank_negatives).mean()
 
 
 @pytest.mark.parametrize("n", [2, 6, 64, 130])
@@ -41,11 +41,11 @@ def test_detach_keys_moves_gradient_to_query_rows_only():
     x = _unit(8, seed=3, dtype=torch.float64).requires_grad_()
     keys = _unit(8, seed=3, dtype=torch.float64).requires_grad_()
     idx = torch.arange(8)
-    loss = instance_nce(x, keys, idx, (idx + 4) % 8, detach_keys=True).mean()
+    loss = instance_nce(x, keys, idx, (idx + 4) % 8, 0.1, 3, detach_keys=True).mean()
     loss.backward()
     assert keys.grad is None and x.grad.abs().sum() > 0
     keys2 = keys.detach().clone().requires_grad_()
-    instance_nce(x.detach(), keys2, idx, (idx + 4) % 8, detach_keys=False).mean().backward()
+    instance_nce(x.detach(), keys2, idx, (idx + 4) % 8, 0.1, 3, detach_keys=False).mean().backward()
     assert keys2.grad.abs().sum() > 0
 
 
@@ -59,15 +59,15 @@ def test_chunk_size_does_not_change_result():
     torch.testing.assert_close(ga, gb)
 
 
-def test_extra_negatives_equal_extra_detached_keys():
+def test_bank_negatives_equal_extra_detached_keys():
     """Bank entries enter the denominator and the log(1 − p) sum exactly like extra keys."""
     x = _unit(12, seed=7, dtype=torch.float64).requires_grad_()
     bank = _unit(20, seed=8, dtype=torch.float64)
     idx = torch.arange(12)
     pos = (idx + 6) % 12
-    a = instance_nce(x, x, idx, pos, extra=ExtraNegatives(bank, chunk=5)).mean()
+    a = instance_nce(x, x, idx, pos, 0.1, 5, bank_negatives=BankNegatives(bank)).mean()
     (ga,) = torch.autograd.grad(a, x)
-    b = instance_nce(x, torch.cat([x, bank]), idx, pos).mean()
+    b = instance_nce(x, torch.cat([x, bank]), idx, pos, 0.1, 5).mean()
     (gb,) = torch.autograd.grad(b, x)
     assert a.item() == pytest.approx(b.item(), rel=1e-12)
     torch.testing.assert_close(ga, gb)

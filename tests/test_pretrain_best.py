@@ -16,7 +16,7 @@ from ldisc.data.pairs import holdout_split, noise_pool
 from ldisc.views import ViewConfig
 from sharding.ingest import IngestOptions, ingest
 
-TINY = ["data.source=noise", "data.size=32", "data.image_size=48", "data.pool=8", "train.batch_size=1",
+TINY = ["data.source=noise", "data.view_side=32", "data.image_side=48", "data.pool=8", "train.batch_size=1",
         "model.clusters=4", "train.progress=false", "threads=1", "train.val_batches=1"]
 
 
@@ -56,7 +56,7 @@ def test_shard_holdout_by_sample_id_is_disjoint_complete_and_xray_views_are_one_
     src = tmp_path / "src"
     for i in range(24):
         write_image(src / f"x{i:03d}.png", gray_image(i, (40, 32)))
-    ingest(IngestOptions(source=str(src), dataset=str(tmp_path / "ds"), site="s", modality="xray", size=32,
+    ingest(IngestOptions(source=str(src), dataset=str(tmp_path / "ds"), site="s", modality="xray", stored_side=32,
                          shard_samples=4, progress=False, quarantine_report=str(tmp_path / "q.jsonl")), SECRET.encode())
     kw = dict(batch_size=1, world_size=1, rank=0, output="ids", holdout=0.3)
     splits = {s: StreamLoader(tmp_path / "ds", split=s, **kw) for s in ("train", "val")}
@@ -68,7 +68,7 @@ def test_shard_holdout_by_sample_id_is_disjoint_complete_and_xray_views_are_one_
     assert ids["train"] | ids["val"] == set(table.sample_id)
     assert ids["val"] == set(np.asarray(table.sample_id)[holdout_mask(table.sample_id, 0.3)])
     views = StreamLoader(tmp_path / "ds", batch_size=2, split="train", holdout=0.3,
-                         view_config=ViewConfig(size=16, modality="xray")).next_batch()
+                         view_config=ViewConfig(view_side=16, modality="xray")).next_batch()
     assert views["x1_1"].shape == (2, 1, 16, 16) and views["mix"].shape == (2, 1, 16, 16)
 
 

@@ -15,7 +15,7 @@ from ldisc.metrics import textfile_name
 from ldisc.objectives.diagnostics import ClusterStats
 from ldisc.train.metrics import TrainMetrics
 from sharding.metrics import IngestMetrics
-from tests._prom import families, lint, promtool, promtool_check, series, value
+from _prom import families, lint, promtool, promtool_check, series, value
 
 
 def _train(run: str, rank: int, folder: Path) -> Path:

@@ -66,7 +66,7 @@ class _Watch:
 def test_cached_batches_equal_ranged_batches_within_the_limit(s3, manifest, tmp_path):
     shard_bytes = max(checksums_of(manifest).values(), key=lambda e: e[1])[1]
     limit = 3 * (shard_bytes + 256)                  # room for 3 of the 6 shards: eviction must happen
-    kw = dict(batch_size=2, seed=5, world_size=1, rank=0, num_workers=2, view_config=ViewConfig(size=16))
+    kw = dict(batch_size=2, seed=5, world_size=1, rank=0, num_workers=2, view_config=ViewConfig(view_side=16))
     s3.meter.reset()
     ranged = list(StreamLoader(URL, **kw))
     ranged_gets = s3.counts["GET ranged"]

@@ -25,7 +25,7 @@ def make_source(root: Path, seeds: range) -> Path:
 
 
 def ingest_args(src: Path, dataset: str, tmp: Path, tag: str) -> list[str]:
-    return ["ingest", str(src), "--dataset", dataset, "--site", "s", "--modality", "xray", "--size", "32",
+    return ["ingest", str(src), "--dataset", dataset, "--site", "s", "--modality", "xray", "--stored-side", "32",
             "--shard-samples", "1", "--no-progress", "--quarantine-report", str(tmp / f"q-{tag}.jsonl")]
 
 
@@ -104,15 +104,21 @@ def test_s3_ingest_verify_and_concurrent_optimistic_commits(tmp_path, s3_endpoin
     run_concurrently([ingest_args(a, url, tmp_path, "a"), ingest_args(b, url, tmp_path, "b")], env)
     check_union(url, 20)
     assert "20 samples" in run_cli("verify", url, env=env).stdout
-    # the same images ingested into a local dataset give the same samples, shard for shard
-    local = str(tmp_path / "local")
-    run_cli(*ingest_args(a, local, tmp_path, "la"))
+    # version 1 is whichever ingest committed first, alone: the same images ingested into a local
+    # dataset give the same samples, shard for shard
     s3_store = open_store(url)
-    local_m = read_manifest(open_store(local))
-    s3_v1 = read_manifest(s3_store, 1)
-    if s3_v1.samples.column("sample_id").to_pylist() == local_m.samples.column("sample_id").to_pylist():
-        key = local_m.shards.column("shard")[0].as_py()
-        assert s3_store.get_bytes(key) == open_store(local).get_bytes(key)
+    v1_ids = sorted(read_manifest(s3_store, 1).samples.column("sample_id").to_pylist())
+    locals_ = {}
+    for tag, src in (("a", a), ("b", b)):
+        run_cli(*ingest_args(src, str(tmp_path / f"local-{tag}"), tmp_path, f"l{tag}"))
+        locals_[tag] = open_store(str(tmp_path / f"local-{tag}"))
+    first = [tag for tag, store in locals_.items()
+             if sorted(read_manifest(store).samples.column("sample_id").to_pylist()) == v1_ids]
+    assert len(first) == 1, "version 1 holds exactly one source's samples"
+    local_shards = read_manifest(locals_[first[0]]).shards.column("shard").to_pylist()
+    assert len(local_shards) == 12
+    for key in local_shards:
+        assert s3_store.get_bytes(key) == locals_[first[0]].get_bytes(key)
     # a version object can only be created once (the commit primitive)
     assert not s3_store.put_if_absent("manifest/v00000001.json", b"{}")
 
@@ -127,8 +133,8 @@ def test_loader_streams_from_s3_like_from_a_local_copy(tmp_path, s3_endpoint):
     url, local = "s3://ldisc-test/stream", str(tmp_path / "local")
     run_cli(*ingest_args(src, url, tmp_path, "s3"), env=env)
     run_cli(*ingest_args(src, local, tmp_path, "loc"))
-    remote = StreamLoader(url, batch_size=2, seed=1, world_size=1, rank=0, view_config=ViewConfig(size=16))
-    copy = StreamLoader(local, batch_size=2, seed=1, world_size=1, rank=0, view_config=ViewConfig(size=16))
+    remote = StreamLoader(url, batch_size=2, seed=1, world_size=1, rank=0, view_config=ViewConfig(view_side=16))
+    copy = StreamLoader(local, batch_size=2, seed=1, world_size=1, rank=0, view_config=ViewConfig(view_side=16))
     got, want = list(remote), list(copy)
     assert len(got) == len(want) == 2
     for a, b in zip(got, want):

@@ -17,7 +17,7 @@ def tiny_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("exit")
     for i in range(6):
         write_image(root / "src" / f"a{i:03d}.png", gray_image(i, (40, 32)))
-    ingest(IngestOptions(source=str(root / "src"), dataset=str(root / "ds"), site="s", modality="xray", size=32,
+    ingest(IngestOptions(source=str(root / "src"), dataset=str(root / "ds"), site="s", modality="xray", stored_side=32,
                          shard_samples=4, progress=False, quarantine_report=str(root / "q.jsonl")), SECRET.encode())
     return root / "ds"
 

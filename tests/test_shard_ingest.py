@@ -9,17 +9,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
-from _data_fixtures import (PHI, REALDATA, SECRET, cli_env, fundus_image, gray_image, make_corrupt_corpus,
+from _data_fixtures import (PHI, SECRET, cli_env, fundus_image, gray_image, make_corrupt_corpus,
                             read_dataset_bytes, run_cli, write_dicom, write_image)
 from ldisc.data import read_manifest, open_store
-from tests._prom import lint, value
+from _prom import lint, value
 from ldisc.data.samples import SampleReader, SampleTable
-
-needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason=f"real images not found at {REALDATA}")
-
 
 def samples_by_format(dataset: Path) -> dict[str, list[tuple[dict, Image.Image]]]:
     """(json record, decoded image) of every sample in the latest version, by source format."""
@@ -33,18 +29,17 @@ def samples_by_format(dataset: Path) -> dict[str, list[tuple[dict, Image.Image]]
     return out
 
 
-@needs_realdata
-def test_real_xrays_and_dicoms(tmp_path):
+def test_real_xrays_and_dicoms(tmp_path, realdata):
     src = tmp_path / "src"
     src.mkdir()
-    jpegs = sorted((REALDATA / "cxr").glob("*.jpeg"))[:3]
+    jpegs = sorted((realdata / "cxr").glob("*.jpeg"))[:3]
     for p in jpegs:
         shutil.copy(p, src / p.name)
     for name in ("RG1_UNCR.dcm", "RG1_J2KR.dcm"):
-        shutil.copy(REALDATA / "cxr_dicom" / name, src / name)
+        shutil.copy(realdata / "cxr_dicom" / name, src / name)
     ds = tmp_path / "ds"
     out = run_cli("ingest", str(src), "--dataset", str(ds), "--site", "kermany", "--modality", "xray",
-                  "--size", "128", "--workers", "2", "--no-progress", "--quarantine-report", str(tmp_path / "q.jsonl"))
+                  "--stored-side", "128", "--workers", "2", "--no-progress", "--quarantine-report", str(tmp_path / "q.jsonl"))
     # raw and JPEG 2000 DICOM decode to the same pixels: one sample, one duplicate
     assert "added 4  duplicates 1  quarantined 0" in out.stdout
     got = samples_by_format(ds)
@@ -61,7 +56,7 @@ def test_real_xrays_and_dicoms(tmp_path):
     assert record["original_size"] == [1841, 1955]
     # inversion on real pixels: MONOCHROME1 raw values are high where the image is dark
     import pydicom
-    raw = pydicom.dcmread(REALDATA / "cxr_dicom" / "RG1_UNCR.dcm").pixel_array.astype(np.float64)
+    raw = pydicom.dcmread(realdata / "cxr_dicom" / "RG1_UNCR.dcm").pixel_array.astype(np.float64)
     arr = np.asarray(img, np.float64)
     p = record["preprocess"]
     x0, y0 = p["pad_offset"]
@@ -72,14 +67,13 @@ def test_real_xrays_and_dicoms(tmp_path):
     assert np.abs(content - expected).mean() < 3.0
 
 
-@needs_realdata
-def test_real_fundus_crop(tmp_path):
+def test_real_fundus_crop(tmp_path, realdata):
     src = tmp_path / "src"
     src.mkdir()
-    shutil.copy(REALDATA / "fundus" / "retina.jpg", src / "retina.jpg")
+    shutil.copy(realdata / "fundus" / "retina.jpg", src / "retina.jpg")
     ds = tmp_path / "ds"
     run_cli("ingest", str(src), "--dataset", str(ds), "--site", "wiki", "--modality", "fundus",
-            "--size", "128", "--no-progress", "--quarantine-report", str(tmp_path / "q.jsonl"))
+            "--stored-side", "128", "--no-progress", "--quarantine-report", str(tmp_path / "q.jsonl"))
     (record, img), = samples_by_format(ds)["jpeg"]
     original = np.asarray(Image.open(src / "retina.jpg").convert("RGB"))
     x0, y0, x1, y1 = record["preprocess"]["crop_box"]
@@ -100,7 +94,7 @@ def test_synthetic_fundus_crop_and_formats(tmp_path):
     write_image(src / "b.tif", fundus_image((160, 160), center=(80, 80), radius=70, seed=1), "TIFF")
     ds = tmp_path / "ds"
     run_cli("ingest", str(src), "--dataset", str(ds), "--site", "syn", "--modality", "fundus",
-            "--size", "64", "--no-progress", "--quarantine-report", str(tmp_path / "q.jsonl"))
+            "--stored-side", "64", "--no-progress", "--quarantine-report", str(tmp_path / "q.jsonl"))
     got = samples_by_format(ds)
     (record, img), = got["png"]
     x0, y0, x1, y1 = record["preprocess"]["crop_box"]
@@ -118,7 +112,7 @@ def test_planted_phi_never_reaches_the_dataset(tmp_path):
     write_dicom(src / "other.dcm", pixels[::-1].copy(), phi=PHI)
     ds = tmp_path / "ds"
     run_cli("ingest", str(tmp_path / "src"), "--dataset", str(ds), "--site", "h1", "--modality", "xray",
-            "--size", "64", "--no-progress", "--metrics-file", str(tmp_path / "m.prom"),
+            "--stored-side", "64", "--no-progress", "--metrics-file", str(tmp_path / "m.prom"),
             "--quarantine-report", str(tmp_path / "q.jsonl"))
     blob = read_dataset_bytes(ds)
     assert len(read_manifest(open_store(ds)).samples) == 2
@@ -142,7 +136,7 @@ def test_missing_secret_is_a_clear_error(tmp_path):
 def test_corrupt_corpus_quarantined_and_good_files_ingested_once(tmp_path):
     src, ds = tmp_path / "src", tmp_path / "ds"
     bad, good = make_corrupt_corpus(src, tmp_path / "outside")
-    args = ["--dataset", str(ds), "--site", "s", "--modality", "xray", "--size", "64", "--no-progress",
+    args = ["--dataset", str(ds), "--site", "s", "--modality", "xray", "--stored-side", "64", "--no-progress",
             "--max-pixels", "1000000", "--workers", "2"]
     out = run_cli("ingest", str(src), *args, "--quarantine-report", str(tmp_path / "q1.jsonl"),
                   "--metrics-file", str(tmp_path / "m1.prom"))
@@ -180,7 +174,7 @@ def test_dedup_across_ingests_versions_verify_and_stats(tmp_path):
     for i in range(4, 10):  # 4 and 5 already ingested (as different files)
         write_image(src2 / f"x{i}.jpg" if i > 5 else src2 / f"copy{i}.png", gray_image(i),
                     "JPEG" if i > 5 else "PNG")
-    common = ["--dataset", str(ds), "--modality", "xray", "--size", "64", "--no-progress", "--shard-samples", "4"]
+    common = ["--dataset", str(ds), "--modality", "xray", "--stored-side", "64", "--no-progress", "--shard-samples", "4"]
     run_cli("ingest", str(src1), "--site", "a", *common, "--quarantine-report", str(tmp_path / "q1"))
     out = run_cli("ingest", str(src2), "--site", "b", *common, "--quarantine-report", str(tmp_path / "q2"))
     assert "added 4  duplicates 2" in out.stdout

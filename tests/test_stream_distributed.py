@@ -13,7 +13,7 @@ from sharding.ingest import IngestOptions, ingest
 def _ingest(dataset, src, seeds):
     for i in seeds:
         write_image(src / f"img{i:03d}.png", gray_image(i, (40, 32)))
-    ingest(IngestOptions(source=str(src), dataset=str(dataset), site="s", modality="xray", size=32,
+    ingest(IngestOptions(source=str(src), dataset=str(dataset), site="s", modality="xray", stored_side=32,
                          shard_samples=4, progress=False, quarantine_report=str(src.parent / "q.jsonl")),
            SECRET.encode())
 

@@ -9,29 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from _data_fixtures import SECRET, gray_image, write_image
+from _data_fixtures import N_FIRST, add_images
 from ldisc.data import StreamLoader, open_store, read_manifest
 from ldisc.data.build import build_data_source
 from ldisc.data.source import position_from_json, position_to_json
 from ldisc.views import ViewConfig
-from sharding.ingest import IngestOptions, ingest
-
-N_FIRST = 45
-
-
-def add_images(dataset, src, seeds, site="s", modality="xray"):
-    for i in seeds:
-        write_image(src / f"{site}{i:03d}.png", gray_image(i, (40, 32)))
-    opts = IngestOptions(source=str(src), dataset=str(dataset), site=site, modality=modality, size=32,
-                         shard_samples=4, progress=False, quarantine_report=str(src.parent / f"q-{site}.jsonl"))
-    return ingest(opts, SECRET.encode())
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stream")
-    add_images(root / "ds", root / "src", range(N_FIRST))
-    return root / "ds"
 
 
 def ids_of(loader, steps=None):
@@ -94,7 +76,7 @@ def test_resume_with_another_world_size_continues_the_global_sequence(dataset, b
 
 
 def test_resumed_views_equal_uninterrupted_views(dataset):
-    cfg = ViewConfig(size=24)
+    cfg = ViewConfig(view_side=24)
     full = _take(StreamLoader(dataset, batch_size=2, view_config=cfg, num_workers=2), None)
     first = StreamLoader(dataset, batch_size=2, view_config=cfg)
     _take(first, 3)
@@ -177,7 +159,7 @@ def test_trainer_seam_from_config_next_batch_crosses_epochs_and_resumes(dataset)
     """``build_data_source`` (``StreamLoader.from_config``) + ``next_batch``: epochs follow each other; a saved position resumes exactly."""
     from ldisc.config import compose
 
-    cfg = compose("pretrain", ["data=shards", f"data.dataset={dataset}", "data.size=16", "data.num_workers=0",
+    cfg = compose("pretrain", ["data=shards", f"data.dataset={dataset}", "data.view_side=16", "data.num_workers=0",
                                "train.batch_size=2", "seed=3"])
     loader = build_data_source(cfg, rank=0, world_size=1)
     per_epoch = loader.steps_remaining()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 from _data_fixtures import SECRET, gray_image, write_image
-from test_train import TINY, losses_without_timing, sample_log
+from _train_helpers import TINY, losses_without_timing, sample_log
 
 from ldisc.train import pretrain
 from sharding.ingest import IngestOptions, ingest
@@ -17,14 +17,14 @@ def _dataset(root):
     src = root / "src"
     for i in range(N_IMAGES):
         write_image(src / f"s{i:03d}.png", gray_image(i, (40, 32)))
-    ingest(IngestOptions(source=str(src), dataset=str(root / "ds"), site="s", modality="xray", size=32,
+    ingest(IngestOptions(source=str(src), dataset=str(root / "ds"), site="s", modality="xray", stored_side=32,
                          shard_samples=4, progress=False, quarantine_report=str(root / "q.jsonl")), SECRET.encode())
     return root / "ds"
 
 
 def _overrides(run_dir, dataset, *extra):
     return [*[o for o in TINY if not o.startswith("data.")], "data=shards", f"data.dataset={dataset}",
-            "data.size=32", "data.num_workers=0", "data.shuffle_window=4", f"run_dir={run_dir}",
+            "data.view_side=32", "data.num_workers=0", "data.shuffle_window=4", f"run_dir={run_dir}",
             "train.stage1_steps=4", "train.stage2_steps=3", "train.checkpoint_every=3", "train.keep_checkpoints=9",
             "train.val_fraction=0", *extra]          # every image in the epoch (no held-out split)
 

@@ -33,7 +33,7 @@ def _assert_same_batch(got: dict, want: dict) -> None:
 @pytest.mark.parametrize("modality,second_view", [("fundus", "rotations"), ("xray", "dihedral")])
 @pytest.mark.parametrize("mixed", [False, True], ids=["same-size", "mixed-sizes-and-modes"])
 def test_device_path_equals_loader_path(modality, second_view, mixed):
-    cfg = ViewConfig(size=40, modality=modality, second_view=second_view)
+    cfg = ViewConfig(view_side=40, modality=modality, second_view=second_view)
     if mixed:       # gray and RGB images of three sizes in one batch: warped per size group
         images = [_pil(i, [(64, 64), (48, 56), (64, 64)][i % 3], "RGB" if i % 2 else "L") for i in range(8)]
     else:
@@ -64,7 +64,7 @@ def dataset(tmp_path_factory):
 
 def test_stream_decoded_batches_equal_view_batches_with_workers(dataset):
     """Two loader workers, output='decoded' + views on the trainer's device = output='views'."""
-    cfg = ViewConfig(size=24)
+    cfg = ViewConfig(view_side=24)
     views = list(StreamLoader(dataset, batch_size=2, seed=4, world_size=1, rank=0, num_workers=2, view_config=cfg))
     decoded = list(StreamLoader(dataset, batch_size=2, seed=4, world_size=1, rank=0, num_workers=2,
                                 view_config=cfg, output="decoded"))
@@ -80,7 +80,7 @@ def test_config_switch_wraps_the_train_source_only(dataset):
     from ldisc.data.build import build_data_source
     from ldisc.views import view_config
 
-    overrides = ["data=shards", f"data.dataset={dataset}", "data.size=16", "data.num_workers=0",
+    overrides = ["data=shards", f"data.dataset={dataset}", "data.view_side=16", "data.num_workers=0",
                  "data.modality=xray", "train.batch_size=2", "seed=3"]
     plain = build_data_source(compose("pretrain", overrides), 0, 1)
     on_device = build_data_source(compose("pretrain", overrides + ["data.views_device=accelerator"]), 0, 1,
@@ -99,13 +99,13 @@ def test_config_switch_wraps_the_train_source_only(dataset):
 @pytest.mark.slow
 def test_pretraining_with_views_on_the_device_trains_identically(dataset, tmp_path):
     """ldisc-pretrain end to end: views_device=accelerator gives the loader path's losses, step for step."""
-    from test_train import TINY, losses_without_timing
+    from _train_helpers import TINY, losses_without_timing
 
     from ldisc.train import pretrain
 
     def run(name, *extra):
         overrides = [*[o for o in TINY if not o.startswith("data.")], "data=shards", f"data.dataset={dataset}",
-                     "data.size=32", "data.modality=xray", "data.num_workers=0", f"run_dir={tmp_path / name}",
+                     "data.view_side=32", "data.modality=xray", "data.num_workers=0", f"run_dir={tmp_path / name}",
                      "train.stage1_steps=2", "train.stage2_steps=2", "train.checkpoint_every=4",
                      "train.val_fraction=0", *extra]
         pretrain(overrides)

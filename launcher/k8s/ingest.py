@@ -7,7 +7,7 @@ from . import pod
 from .common import labels, meta
 
 COMPONENT = "ingest"
-INGEST_FLAGS = ("site", "modality", "workers", "size", "shard_samples")
+INGEST_FLAGS = ("site", "modality", "workers", "stored_side", "shard_samples")
 
 
 def dataset(launch: dict) -> str:

@@ -57,7 +57,7 @@ def load_ld_model(checkpoint: str | Path, device: str | torch.device = "cpu") ->
     net = LDNet(width, embed_dim, clusters)
     net.load_state_dict(state)
     modality = str(cfg.data.get("modality", "fundus")) if cfg is not None else "fundus"
-    size = int(cfg.data.get("size", 256)) if cfg is not None else 256
+    size = int(cfg.data.get("view_side", cfg.data.get("size", 256))) if cfg is not None else 256   # size: before the rename
     return LoadedModel(net.to(device).eval(), modality, size, prototypes, model_path.parent)
 
 

@@ -3,11 +3,11 @@
     bank = build_bank(cfg.bank, collective, dim=cfg.model.embed_dim, device=device)
     keys = build_key_encoder(cfg.bank, model, grid=cfg.objective.grid)      # None: online vectors
     ...
-    losses = objective(model, batch, bank=bank.negatives())
+    losses = objective(model, batch, bank_negatives=bank.bank_negatives())
     engine.step(losses.total)
     feed_bank(bank, losses.patch_vectors, batch, keys, model)
 
-``size: 0`` builds a bank of capacity 0: ``negatives()`` is always None (the paper) and feeding it
+``entries: 0`` builds a bank of capacity 0: ``bank_negatives()`` is always None (the paper) and feeding it
 costs nothing, so the trainer needs no special case.
 """
 from __future__ import annotations
@@ -17,27 +17,26 @@ from torch import nn
 
 from ldisc.bank.ema import EMAKeyEncoder
 from ldisc.bank.memory_bank import ShardedMemoryBank
+from ldisc.config_schema import BankConfig, typed_section
 from ldisc.dist import Collective
-from ldisc.objectives.nce import DEFAULT_CHUNK
 
 
-def _get(cfg, key: str, default):
-    value = cfg.get(key, default) if cfg is not None else default
-    return default if value is None else value
+def _bank_config(cfg) -> BankConfig:
+    return cfg if isinstance(cfg, BankConfig) else typed_section(BankConfig, cfg, "bank")
 
 
 def build_bank(cfg, collective: Collective, dim: int, device: torch.device | str = "cpu") -> ShardedMemoryBank:
-    """``cfg``: the ``bank`` group (size, chunk); capacity ``size`` over ``collective``'s ranks."""
-    return ShardedMemoryBank(int(_get(cfg, "size", 0)), dim, collective, device,
-                             int(_get(cfg, "chunk", DEFAULT_CHUNK)))
+    """``cfg``: the ``bank`` group (a :class:`BankConfig` or its section); capacity ``entries`` over
+    ``collective``'s ranks."""
+    return ShardedMemoryBank(_bank_config(cfg).entries, dim, collective, device)
 
 
-def build_key_encoder(cfg, model: nn.Module, grid: int = 8) -> EMAKeyEncoder | None:
+def build_key_encoder(cfg, model: nn.Module, grid: int) -> EMAKeyEncoder | None:
     """An EMA key encoder when the bank is on and ``ema_momentum`` > 0, else None."""
-    momentum = float(_get(cfg, "ema_momentum", 0.0))
-    if int(_get(cfg, "size", 0)) == 0 or momentum == 0.0:
+    bank = _bank_config(cfg)
+    if bank.entries == 0 or bank.ema_momentum == 0.0:
         return None
-    return EMAKeyEncoder(model, momentum, grid)
+    return EMAKeyEncoder(model, bank.ema_momentum, grid)
 
 
 def feed_bank(bank: ShardedMemoryBank, patch_vectors: torch.Tensor, batch: dict[str, torch.Tensor],

@@ -10,7 +10,7 @@ Used as negatives, the bank adds to the denominator of every query q_i of the st
     Z_i = Σ_{j ≠ i, j ∈ batch} e^{s_ij} + Σ_{b ∈ bank} e^{s_ib},    s = q·x/τ,
 
 and the terms −Σ_b log(1 − e^{s_ib}/Z_i) to loss_i; rank r evaluates its shard for all queries and
-the partial sums are combined with all-reduces (:class:`ldisc.objectives.nce.ExtraNegatives`).
+the partial sums are combined with all-reduces (:class:`ldisc.objectives.nce.BankNegatives`).
 Bank entries are negatives only and carry no gradient. K = 0 disables the bank (the paper).
 """
 from __future__ import annotations
@@ -21,17 +21,17 @@ import torch
 
 from ldisc.bank.layout import StridedLayout, canonical_slots, slot_ages
 from ldisc.dist import Collective
-from ldisc.objectives.nce import DEFAULT_CHUNK, ExtraNegatives
+from ldisc.objectives.nce import BankNegatives
 
 
 class ShardedMemoryBank:
     """``capacity`` (K) vectors of ``dim`` values in a FIFO over ``collective``'s ranks."""
 
     def __init__(self, capacity: int, dim: int, collective: Collective | None = None,
-                 device: torch.device | str = "cpu", chunk: int = DEFAULT_CHUNK):
+                 device: torch.device | str = "cpu"):
         self.collective = collective or Collective()
         self.layout = StridedLayout(int(capacity), self.collective.world_size, self.collective.rank)
-        self.dim, self.chunk = int(dim), int(chunk)
+        self.dim = int(dim)
         self.keys = torch.zeros(self.layout.shard_rows, self.dim, device=device)
         self.ptr = 0          # next global slot to overwrite
         self._fill = 0        # valid entries, globally; valid slots are always 0..fill−1
@@ -76,11 +76,11 @@ class ShardedMemoryBank:
         self.ptr = (self.ptr + total) % self.capacity
         self._fill = min(self.capacity, self._fill + total)
 
-    def negatives(self) -> ExtraNegatives | None:
-        """This rank's filled shard as extra negatives of the sharded criterion; None while empty."""
+    def bank_negatives(self) -> BankNegatives | None:
+        """This rank's filled shard as the bank negatives of the patch NCE; None while empty."""
         if self._fill == 0:
             return None
-        return ExtraNegatives(self.keys[:self.local_rows], self.collective.process_group, self.chunk)
+        return BankNegatives(self.keys[:self.local_rows], self.collective.process_group)
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:

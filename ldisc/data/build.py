@@ -22,11 +22,11 @@ def build_data_source(cfg: DictConfig, rank: int, world_size: int, split: str = 
     sample-id hash). ``device``: where ``data.views_device=accelerator`` makes the views (default: cpu)."""
     d, t = cfg.data, cfg.train
     seed, bs = int(cfg.seed), int(t.batch_size)
-    holdout = float(t.get("val_fraction", 0) or 0)
+    holdout = float(t.val_fraction)
     if d.source == "synthetic":
-        return synthetic_pairs(d.modality, d.image_size, view_config(cfg), d.pool, bs, seed, rank, holdout, split)
+        return synthetic_pairs(d.modality, d.image_side, view_config(cfg), d.pool, bs, seed, rank, holdout, split)
     if d.source == "noise":
-        return noise_pairs(d.image_size, view_config(cfg), d.pool, bs, seed, rank, holdout, split)
+        return noise_pairs(d.image_side, view_config(cfg), d.pool, bs, seed, rank, holdout, split)
     if d.source == "shards":
         from ldisc.data.loader import StreamLoader
 
@@ -43,7 +43,7 @@ def build_data_source(cfg: DictConfig, rank: int, world_size: int, split: str = 
 
 def build_validation_source(cfg: DictConfig, rank: int, world_size: int):
     """The held-out validation source, or None when ``train.val_fraction`` is 0."""
-    if not float(cfg.train.get("val_fraction", 0) or 0) > 0:
+    if not float(cfg.train.val_fraction) > 0:
         return None
     source = build_data_source(cfg, rank, world_size, "val")
     start = source.position()

@@ -1,7 +1,7 @@
 """``StreamLoader``: the training-side data stream — epochs, manifest versions, position.
 
     loader = StreamLoader("s3://bucket/ds", batch_size=4, seed=0, num_workers=2,
-                          view_config=ViewConfig(size=448))
+                          view_config=ViewConfig(view_side=448))
     loader.seek(saved_position)                   # optional: resume exactly
     for epoch in range(epochs):
         for batch in loader:                      # the (rest of the) current epoch
@@ -232,7 +232,7 @@ class StreamLoader:
         return self.plan().n_steps
 
     def stream(self, plan: EpochPlan) -> LDStream:
-        size = getattr(self.view_config, "size", 512)
+        size = getattr(self.view_config, "view_side", 512)
         table, cache = self._table(plan.version), None
         if self.cache_dir:                 # whole shards of a remote store in a local cache (shard_cache)
             cache = CacheSpec(str(self.cache_dir), int(self.cache_limit_gb * 1e9), self.cache_prefetch,

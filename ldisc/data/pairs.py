@@ -54,7 +54,7 @@ class PairSource:
         if len(images) < 2:
             raise ValueError(f"data.pool must be ≥ 2 images, got {len(images)}")
         self.images = images.cpu()
-        self.view_cfg = view_size if isinstance(view_size, ViewConfig) else ViewConfig(size=view_size)
+        self.view_cfg = view_size if isinstance(view_size, ViewConfig) else ViewConfig(view_side=view_size)
         self.batch_size, self.seed, self.rank = batch_size, seed, rank
         self.step = 0
 

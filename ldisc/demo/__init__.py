@@ -35,8 +35,8 @@ def pretrain_argv(size: DemoSize, run_dir: Path, dataset: Path, port: int) -> li
     weights = f"{{{HOSPITAL_A.name}/fundus:1,{HOSPITAL_B.name}/fundus:1,{XRAY_SITE.name}/xray:1}}"
     return module_argv(
         "launcher.cli", "pretrain", "--target", "local", "launch.procs_per_node=2", f"run_dir={run_dir}",
-        "data=shards", f"data.dataset={dataset}", f"data.size={size.train_px}", "data.num_workers=0",
-        f"data.weights={weights}", f"data.epoch_samples={size.epoch_samples}", "bank=fifo", "bank.size=4096",
+        "data=shards", f"data.dataset={dataset}", f"data.view_side={size.train_px}", "data.num_workers=0",
+        f"data.weights={weights}", f"data.epoch_samples={size.epoch_samples}", "bank=fifo", "bank.entries=4096",
         "train.batch_size=2", f"train.stage1_steps={size.stage1}", f"train.stage2_steps={size.stage2}",
         f"train.checkpoint_every={size.checkpoint_every}", "train.keep_checkpoints=100", "train.val_fraction=0.3",
         f"metrics.port={port}", "metrics.linger_s=5", "threads=1")
@@ -125,7 +125,7 @@ def applications(size: DemoSize, out: Path, drops: dict, dataset: Path, final: P
     sg = out / "shape-guided"
     run_step("shape-guided stage 2 from the stage-1 checkpoint (vessel-shape prior of another modality)",
              module_argv("ldisc.train.cli", "objective=shape_guided", f"train.init_from={stage1}", f"run_dir={sg}",
-                         "data=shards", f"data.dataset={dataset}", f"data.size={size.train_px}", "data.num_workers=0",
+                         "data=shards", f"data.dataset={dataset}", f"data.view_side={size.train_px}", "data.num_workers=0",
                          f"data.weights={{{HOSPITAL_A.name}/fundus:1,{HOSPITAL_B.name}/fundus:1}}",
                          f"data.epoch_samples={size.epoch_samples}", "train.batch_size=2",
                          f"train.stage2_steps={size.shape_steps}", f"train.checkpoint_every={size.shape_steps}",

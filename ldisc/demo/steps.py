@@ -96,7 +96,7 @@ def ingest(site: Site, drop: Path, dataset: Path, px: int, title: str, metrics_f
     output = run_step(title, module_argv(
         "launcher.cli", "ingest", "--target", "local", f"launch.ingest.source={drop}",
         f"launch.ingest.dataset={dataset}", f"launch.ingest.site={site.name}", f"launch.ingest.modality={site.modality}",
-        f"launch.ingest.size={px}", "launch.ingest.workers=1", f"launch.ingest.metrics_file={metrics_file}"),
+        f"launch.ingest.stored_side={px}", "launch.ingest.workers=1", f"launch.ingest.metrics_file={metrics_file}"),
         capture=True)
     found = re.search(r"added (\d+)\s.*manifest version (\d+)", output)
     if not found:

@@ -98,7 +98,7 @@ def run_segmentation(spec: RunSpec, task: Task, size: int) -> tuple[dict, list]:
 def execute_app_run(spec: RunSpec) -> tuple[dict, list[dict]]:
     """One application run → (row, overlays), like :func:`ldisc.eval.runs.execute_run`."""
     task = get_task(spec.task)
-    size = int(spec.data.get("size") or task.input_size)
+    size = int(spec.data.get("input_side") or task.input_side)
     started, t0 = _now(), time.perf_counter()
     run = run_landmarks if task.metric == "mre" else run_segmentation
     scores, overlays = run(spec, task, size)

@@ -95,9 +95,9 @@ class Evaluator:
         self.tasks = expand_tasks(list(cfg.tasks))
         self.protocol_cfg = asdict(ProtocolConfig.from_mapping(OmegaConf.to_container(cfg.protocol)))
         data = OmegaConf.to_container(cfg.data, resolve=True)
-        self.data_cfg = {"size": data["size"], "val_fraction": data["val_fraction"], "max_test": data["max_test"],
+        self.data_cfg = {"input_side": data["input_side"], "val_fraction": data["val_fraction"], "max_test": data["max_test"],
                          "random_width": data["random_width"], "roots": data.get("roots") or {}}
-        preflight(self.tasks, self.data_cfg["roots"], self.data_cfg["size"], self.protocol_cfg["splits"])
+        preflight(self.tasks, self.data_cfg["roots"], self.data_cfg["input_side"], self.protocol_cfg["splits"])
         fleet = cfg.fleet
         self.fleet_cfg = FleetConfig(retries=int(fleet.retries), cpus_per_run=float(fleet.cpus_per_run),
                                      gpus_per_run=float(fleet.gpus_per_run), address=cfg.ray.address,

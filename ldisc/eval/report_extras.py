@@ -72,7 +72,7 @@ def views_figure(checkpoint: str | Path, images: list[Path], out: Path, seed: in
     from ldisc.views import VIEW_KEYS, ViewConfig, make_views
 
     loaded = load_ld_model(checkpoint)
-    cfg = ViewConfig(size=loaded.train_size, modality=loaded.modality)
+    cfg = ViewConfig(view_side=loaded.train_size, modality=loaded.modality)
     pair = [Image.open(p).convert("RGB" if loaded.modality == "fundus" else "L") for p in images[:2]]
     views = make_views(pair[0], pair[1], cfg, torch.Generator().manual_seed(seed))
     batch = torch.stack([views[k] for k in VIEW_KEYS])

@@ -98,7 +98,7 @@ class RunSpec:
     protocol: str
     seed: int
     protocol_cfg: dict
-    data: dict = field(default_factory=dict)      # size, val_fraction, max_test, roots, random_width
+    data: dict = field(default_factory=dict)      # input_side, val_fraction, max_test, roots, random_width
     results_dir: str | None = None
     threads: int = 1
 
@@ -181,7 +181,7 @@ def execute_run(spec: RunSpec) -> tuple[dict, list[dict]]:
             raise RuntimeError(f"injected failure of task {spec.task} (LDISC_FAULT_EVAL_FAIL_TASK)")
         cfg = ProtocolConfig(**spec.protocol_cfg).validated()
         task = get_task(spec.task)
-        data = load_task_data(task, spec.data.get("roots") or {}, spec.data.get("size"),
+        data = load_task_data(task, spec.data.get("roots") or {}, spec.data.get("input_side"),
                               spec.data.get("val_fraction", 0.2), spec.data.get("max_test"), **cfg.data_options())
         scratch = spec.checkpoint.path is None and cfg.random_init == "scratch"
         result = run_protocol(build_encoder(spec, task, cfg), data, spec.protocol, cfg, spec.seed, scratch=scratch)

@@ -84,7 +84,7 @@ def preflight(tasks: list[Task], roots: Mapping[str, str | None] | None, size: i
     """Check before any run starts that every task's files are where the config says and the few-label
     sizes fit, so that a wrong path is one clear error instead of a fleet of failed runs."""
     for task in tasks:
-        items = task_items(task, roots or {}, int(size or task.input_size), splits)
+        items = task_items(task, roots or {}, int(size or task.input_side), splits)
         if task.n_train is not None and task.n_train > len(items["train"]):
             raise ValueError(f"task {task.name}: asks for {task.n_train} labelled images, "
                              f"the training split of {task.dataset} has {len(items['train'])}")
@@ -141,7 +141,7 @@ def load_task_data(task: Task, roots: Mapping[str, str | None] | None = None, si
     ``ProtocolConfig.data_options()`` gives a protocol's)."""
     if fundus_crop not in FUNDUS_CROPS:
         raise ValueError(f"fundus_crop must be one of {FUNDUS_CROPS}, got {fundus_crop!r}")
-    size = int(size or task.input_size)
+    size = int(size or task.input_side)
     items = task_items(task, roots or {}, size, splits)
     train_items, val_items = split_train_val(items["train"], task.n_train, val_fraction, split_seed, splits,
                                              task.fraction)

@@ -29,7 +29,7 @@ class Task:
     dataset: str               # human-readable dataset name
     adapter: str               # key of the adapter that reads it (see taskdata.ADAPTERS)
     root_key: str | None       # key under data.roots in the config (None: needs no files)
-    input_size: int            # side of the square network input, pixels
+    input_side: int            # side of the square network input, pixels
     metric: str = "dice"
     n_train: int | None = None  # few-label regime: labelled training images kept (None: all)
     twin_of: str | None = None  # for a synthetic twin, the real task it mirrors

@@ -1,81 +1,36 @@
 """Patch NCE: the invariant-and-spreading instance criterion (Ye et al. 2019) in a memory-lean form.
 
-For L2-normalised queries q_i, keys x_j, s_ij = q_i·x_j / τ and positive index pos(i):
+For L2-normalised queries q_i, keys x_j (the step's vectors, all ranks), bank negatives x_b (the
+memory bank, sharded over ranks; none in the paper), s = q·x/τ and positive index pos(i):
 
-    Z_i    = Σ_{j ≠ i} exp(s_ij)  (+ Σ_{b ∈ bank} exp(s_ib))
-    p_ij   = exp(s_ij) / Z_i
-    loss_i = −log p_{i,pos(i)} − Σ_{j ∉ {i, pos(i)}} log(1 − p_ij)
-    L      = mean_i loss_i
+    log Z_i = logaddexp(lse_i, lse_i^bank),  lse_i = log Σ_{j ≠ i} e^{s_ij},  lse_i^bank = log Σ_b e^{s_ib}
+    p_ij    = e^{s_ij − log Z_i}
+    t_i     = Σ_{j ∉ {i, pos(i)}} log(1 − p_ij),      t_i^bank = Σ_b log(1 − p_ib)
+    loss_i  = −(s_{i,pos(i)} − log Z_i) − t_i − t_i^bank
+    L       = mean_i loss_i
 
-Scores are processed in cache-sized tiles (rows × key columns): no N×N matrix ever exists, forward
-or backward; the backward pass recomputes each tile and applies the analytic gradient. With
-``detach_keys`` (the authors' default: their key side is taken with ``.data``) gradients reach the
-queries only. Negatives beyond the batch — the distributed memory bank, sharded over ranks — enter
-the same denominator through :class:`ExtraNegatives` (see :mod:`ldisc.objectives.key_terms`: forward
-statistics and backward partial sums all-reduced, nothing key-sized gathered).
+:func:`instance_nce` is written term by term as above. Every term is a pass of the one tiled kernel
+(:mod:`ldisc.objectives.nce_kernel`): no N×N matrix ever exists, forward or backward; backward passes
+recompute each tile and apply the analytic gradient. In-batch: :class:`LogSumExp` (lse) and
+:class:`Log1mSum` (t). Bank: :class:`ldisc.objectives.bank_terms.BankTerms` (log Z and t^bank, fused,
+all-reduced over ranks, nothing bank-sized gathered). With ``detach_keys`` (the authors' default:
+their key side is taken with ``.data``) gradients reach the queries only.
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 
-from ldisc.objectives.key_terms import ShardedKeyTerms, _augment, _tiles
-
-DEFAULT_CHUNK = 1024
-_LOG1M_CLAMP = 1 - 1e-7
+from ldisc.objectives.bank_terms import BankTerms
+from ldisc.objectives.nce_kernel import exp_tiles, log_sum_exp
 
 
-def _drop_excluded(tile: torch.Tensor, exclude: torch.Tensor | None, rows: slice, cols: slice) -> torch.Tensor:
-    """Zero, in place, the entries of a (rows × cols) tile whose key is excluded for that row."""
-    if exclude is None:
-        return tile
-    ex = exclude[rows]
-    ex = ex[:, None] if ex.ndim == 1 else ex
-    local = ex - cols.start
-    hit = (ex >= 0) & (local >= 0) & (local < tile.shape[1])
-    if hit.any():
-        r = torch.arange(tile.shape[0], device=tile.device)[:, None].expand_as(ex)
-        tile[r[hit], local[hit]] = 0.0
-    return tile
-
-
-def _tile_exp(qa: torch.Tensor, ka: torch.Tensor, rows: slice, cols: slice, exclude: torch.Tensor | None,
-              clamp: bool = False) -> torch.Tensor:
-    """exp(s − shift) of one tile from augmented operands, excluded keys zeroed (p < 1 if ``clamp``)."""
-    e = (qa[rows] @ ka[cols].t()).exp_()
-    return _drop_excluded(e.clamp_(max=_LOG1M_CLAMP) if clamp else e, exclude, rows, cols)
-
-
-def _exact_lse(q: torch.Tensor, keys: torch.Tensor, tau: float, exclude: torch.Tensor | None) -> torch.Tensor:
-    """Row-wise log-sum-exp with an exact maximum (rare fallback for rows whose shifted sum underflows)."""
-    s = q @ keys.t() / tau
-    if exclude is not None:
-        ex = exclude[:, None] if exclude.ndim == 1 else exclude
-        r = torch.arange(s.shape[0], device=s.device)[:, None].expand_as(ex)
-        s[r[ex >= 0], ex[ex >= 0]] = float("-inf")
-    return torch.logsumexp(s, 1)
-
-
-class KeyLogSumExp(torch.autograd.Function):
-    """lse_i = log Σ_j exp(q_i·x_j/τ) over keys x (excluding ``exclude[i]``).
-
-    Scores are shifted by the Cauchy–Schwarz bound |q_i| max_j |x_j| / τ inside the matmul (no max
-    pass) and processed in cache-sized tiles; rows whose shifted sum underflows are redone exactly.
-    """
+class LogSumExp(torch.autograd.Function):
+    """lse_i = log Σ_j exp(q_i·x_j/τ) over keys x, excluding ``exclude[i]``."""
 
     @staticmethod
     def forward(ctx, q, keys, tau, exclude, chunk):
-        n, m = q.shape[0], keys.shape[0]
-        key_norm = keys.norm(dim=1).amax() if m else q.new_tensor(float("-inf"))
-        shift = q.norm(dim=1) * key_norm / tau
-        sum_exp = q.new_zeros(n)
-        qa, ka = _augment(q, keys, tau, shift)
-        for rows, cols in _tiles(n, m, chunk):
-            sum_exp[rows] += _tile_exp(qa, ka, rows, cols, exclude).sum(1)
-        lse = torch.log(sum_exp) + shift
-        lost = (sum_exp < 1e-30) & torch.isfinite(shift)
-        if lost.any():
-            lse[lost] = _exact_lse(q[lost], keys, tau, None if exclude is None else exclude[lost])
+        lse = log_sum_exp(q, keys, tau, chunk, exclude)
         ctx.save_for_backward(q, keys, exclude, lse)
         ctx.tau, ctx.chunk = tau, chunk
         return lse
@@ -83,12 +38,11 @@ class KeyLogSumExp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_lse):
         q, keys, exclude, lse = ctx.saved_tensors
-        tau, chunk = ctx.tau, ctx.chunk
-        softmax_keys = torch.zeros_like(q)                  # Σ_j p_ij x_j  (p = softmax over keys)
+        tau = ctx.tau
+        # ∂lse_i/∂q_i = Σ_j p_ij x_j / τ,  ∂lse_i/∂x_j = p_ij q_i / τ   (p: softmax over the keys)
+        softmax_keys = torch.zeros_like(q)
         grad_keys = torch.zeros_like(keys) if ctx.needs_input_grad[1] else None
-        qa, ka = _augment(q, keys, tau, lse)
-        for rows, cols in _tiles(q.shape[0], keys.shape[0], chunk):
-            p = _tile_exp(qa, ka, rows, cols, exclude)
+        for rows, cols, p in exp_tiles(q, keys, tau, lse, ctx.chunk, exclude):
             softmax_keys[rows] += p @ keys[cols]
             if grad_keys is not None:
                 grad_keys[cols] += p.mul_(grad_lse[rows, None]).t() @ q[rows] / tau
@@ -96,31 +50,28 @@ class KeyLogSumExp(torch.autograd.Function):
         return grad_q, grad_keys, None, None, None
 
 
-class KeyLog1mSum(torch.autograd.Function):
-    """t_i = Σ_j log(1 − exp(q_i·x_j/τ − log Z_i)) over keys x (excluding ``exclude[i, :]``)."""
+class Log1mSum(torch.autograd.Function):
+    """t_i = Σ_j log(1 − p_ij), p_ij = exp(q_i·x_j/τ − log Z_i), over keys x excluding ``exclude[i, :]``."""
 
     @staticmethod
     def forward(ctx, q, keys, log_z, tau, exclude, chunk):
-        total = q.new_zeros(q.shape[0])
-        qa, ka = _augment(q, keys, tau, log_z)
-        for rows, cols in _tiles(q.shape[0], keys.shape[0], chunk):
-            p = _tile_exp(qa, ka, rows, cols, exclude, clamp=True)
-            total[rows] += p.neg_().log1p_().sum(1)
+        t = q.new_zeros(q.shape[0])
+        for rows, _, p in exp_tiles(q, keys, tau, log_z, chunk, exclude, below_one=True):
+            t[rows] += p.neg_().log1p_().sum(1)
         ctx.save_for_backward(q, keys, log_z, exclude)
         ctx.tau, ctx.chunk = tau, chunk
-        return total
+        return t
 
     @staticmethod
     def backward(ctx, grad_t):
         q, keys, log_z, exclude = ctx.saved_tensors
-        tau, chunk = ctx.tau, ctx.chunk
+        tau = ctx.tau
         n, d = q.shape
-        # packed partial sums: [Σ_j r_ij x_j | Σ_j r_ij] with r = p / (1 − p)
+        # with r = p / (1 − p):  ∂t_i/∂q_i = −Σ_j r_ij x_j / τ,  ∂t_i/∂log Z_i = Σ_j r_ij,
+        # ∂t_i/∂x_j = −r_ij q_i / τ.  Packed row sums: [Σ_j r_ij x_j | Σ_j r_ij]
         packed = q.new_zeros(n, d + 1)
         grad_keys = torch.zeros_like(keys) if ctx.needs_input_grad[1] else None
-        qa, ka = _augment(q, keys, tau, log_z)
-        for rows, cols in _tiles(n, keys.shape[0], chunk):
-            p = _tile_exp(qa, ka, rows, cols, exclude, clamp=True)
+        for rows, cols, p in exp_tiles(q, keys, tau, log_z, ctx.chunk, exclude, below_one=True):
             r = p.div_(torch.rsub(p, 1.0))
             packed[rows, :d] += r @ keys[cols]
             packed[rows, d] += r.sum(1)
@@ -131,49 +82,48 @@ class KeyLog1mSum(torch.autograd.Function):
         return grad_q, grad_keys, grad_log_z, None, None, None
 
 
-class ExtraNegatives:
-    """Negatives beyond the batch (e.g. a memory bank), possibly sharded over a process group.
+class BankNegatives:
+    """The bank negatives x_b: this rank's shard of the memory bank, over ``group`` (None: one process).
 
-    Every rank of ``group`` must call with the same queries; ``keys`` is this rank's shard.
-    """
+    Every rank of ``group`` must score the same queries; ``keys`` is this rank's shard."""
 
-    def __init__(self, keys: torch.Tensor, group=None, chunk: int = DEFAULT_CHUNK):
-        self.keys, self.group, self.chunk = keys.detach(), group, chunk
+    def __init__(self, keys: torch.Tensor, group=None):
+        self.keys, self.group = keys.detach(), group
 
-    def terms(self, q: torch.Tensor, log_z_batch: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log Z with these negatives added, Σ log(1 − p) over them) in one pass: see ``key_terms``."""
-        return ShardedKeyTerms.apply(q, log_z_batch, self.keys, tau, self.chunk, self.group)
+    def terms(self, q: torch.Tensor, lse: torch.Tensor, tau: float, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log Z_i = logaddexp(lse_i, lse_i^bank), t_i^bank) for every query, in one fused pass."""
+        return BankTerms.apply(q, lse, self.keys, tau, chunk, self.group)
 
 
 def instance_nce(queries: torch.Tensor, keys: torch.Tensor, self_index: torch.Tensor,
-                 pos_index: torch.Tensor, tau: float = 0.1, detach_keys: bool = True,
-                 extra: ExtraNegatives | None = None, extra_queries: tuple[torch.Tensor, slice] | None = None,
-                 chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
-    """Per-query loss_i (see module docstring). Returns a vector over the queries.
+                 pos_index: torch.Tensor, tau: float, chunk: int, detach_keys: bool = True,
+                 bank_negatives: BankNegatives | None = None,
+                 all_queries: tuple[torch.Tensor, slice] | None = None) -> torch.Tensor:
+    """loss_i of the module docstring, a vector over the queries.
 
     queries (N, D): this rank's vectors; keys (M, D): all vectors of the step (all ranks), of which
-    ``self_index[i]`` is query i itself and ``pos_index[i]`` its positive. ``extra`` adds negatives
-    to every denominator; when it is sharded it needs the same queries on every rank, given as
-    ``extra_queries = (all_queries, rows_of_this_rank)``.
+    ``self_index[i]`` is query i itself and ``pos_index[i]`` its positive; ``chunk``: the tile side
+    (``objective.chunk``). ``bank_negatives`` add to every denominator; sharded over ranks, they need
+    every rank's queries, given as ``all_queries = (every rank's queries, rows of this rank)``.
     """
     if torch.is_autocast_enabled(queries.device.type):   # scores and log-sum-exp stay in fp32
         with torch.autocast(queries.device.type, enabled=False):
-            return instance_nce(queries.float(), keys.float(), self_index, pos_index, tau, detach_keys,
-                                extra, extra_queries if extra_queries is None else
-                                (extra_queries[0].float(), extra_queries[1]), chunk)
+            return instance_nce(queries.float(), keys.float(), self_index, pos_index, tau, chunk, detach_keys,
+                                bank_negatives, all_queries if all_queries is None else
+                                (all_queries[0].float(), all_queries[1]))
     if detach_keys:
         keys = keys.detach()
-    positive = (queries * keys[pos_index]).sum(1) / tau
-    log_z = KeyLogSumExp.apply(queries, keys, tau, self_index, chunk)
-    extra_log1m = 0.0
-    if extra is not None:
-        all_q, rows = extra_queries if extra_queries is not None else (queries, slice(None))
-        batch_log_z = log_z if extra_queries is None else _every_ranks_rows(log_z, extra.group, rows, len(all_q))
-        full_log_z, extra_log1m = extra.terms(all_q, batch_log_z, tau)
-        log_z, extra_log1m = full_log_z[rows], extra_log1m[rows]
+    positive = (queries * keys[pos_index]).sum(1) / tau                   # s_{i,pos(i)}
+    log_z = LogSumExp.apply(queries, keys, tau, self_index, chunk)        # lse_i (j ≠ i)
+    t_bank = 0.0
+    if bank_negatives is not None:                                        # log Z_i with the bank, t_i^bank
+        every_q, rows = all_queries if all_queries is not None else (queries, slice(None))
+        every_lse = log_z if all_queries is None else _every_ranks_rows(log_z, bank_negatives.group, rows,
+                                                                          len(every_q))
+        log_z, t_bank = (v[rows] for v in bank_negatives.terms(every_q, every_lse, tau, chunk))
     excluded = torch.stack([self_index, pos_index], 1)
-    batch_log1m = KeyLog1mSum.apply(queries, keys, log_z, tau, excluded, chunk)
-    return -(positive - log_z) - batch_log1m - extra_log1m
+    t = Log1mSum.apply(queries, keys, log_z, tau, excluded, chunk)        # t_i (j ∉ {i, pos(i)})
+    return -(positive - log_z) - t - t_bank
 
 
 def _every_ranks_rows(local: torch.Tensor, group, rows: slice, n: int) -> torch.Tensor:

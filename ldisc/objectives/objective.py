@@ -5,7 +5,7 @@
 
 L_pd: instance NCE over the 8×8 patch vectors of the four views (x1_1, x2_1 | x1_2, x2_2; the
 positive of a patch is the same patch of the other view, after undoing the second view's flip and
-rot90), τ = 0.1, with all ranks' patches (and the memory bank, if any) as negatives.
+rot90), τ = 0.1, with all ranks' patches (and the bank negatives, if any) as negatives.
 L_mix: patches of the mixup image against normalise(w·p(x1_1) + (1 − w)·p(x2_1)), detached.
 L_rd / L_ent: see :mod:`ldisc.objectives.region`. ``region_views``: ``augmented`` (default, the
 authors'): L_rd, its cluster centres and L_ent see the four augmented views only (4B images);
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldisc.dist import Collective
-from ldisc.objectives.nce import DEFAULT_CHUNK, ExtraNegatives, instance_nce
+from ldisc.objectives.nce import BankNegatives, instance_nce
 from ldisc.objectives.patches import align_second_views, grid_vectors, patch_vectors, pool_patches
 from ldisc.objectives.crisp import REGION_VIEWS, area_loss, region_views, sharpen
 from ldisc.objectives.region import (adversarial_generator_loss, cluster_centres, entropy_loss,
@@ -44,7 +44,7 @@ class ObjectiveConfig:
     w_adversarial: float = 0.0
     detach_keys: bool = True
     prototype_momentum: float = 0.0
-    chunk: int = DEFAULT_CHUNK
+    chunk: int = 1024                  # NCE tile side (queries × keys per tile): the one tiling setting
     region_views: str = "augmented"    # augmented (4B, the authors') | all (5B, mixup included)
     entropy_base: float = 2.0          # 2: bits (the authors') | 2.718281828459045: nats
     mask_power: float = 1.0            # crisp-cluster options: see ldisc.objectives.crisp
@@ -68,7 +68,7 @@ class StepLosses:
 
 
 def _nce_over_ranks(local: torch.Tensor, collective: Collective, cfg: ObjectiveConfig,
-                    extra: ExtraNegatives | None = None) -> torch.Tensor:
+                    bank_negatives: BankNegatives | None = None) -> torch.Tensor:
     """Mean NCE of this rank's vectors against every rank's; positive = row + N/2 within a rank."""
     n = local.shape[0]
     keys = collective.gather(local)
@@ -76,13 +76,12 @@ def _nce_over_ranks(local: torch.Tensor, collective: Collective, cfg: ObjectiveC
     rows = torch.arange(n, device=local.device)
     self_index = rows + offset
     pos_index = (rows + n // 2) % n + offset
-    extra_queries = None
-    if extra is not None:
+    all_queries = None
+    if bank_negatives is not None:
         others = keys.detach()
-        all_q = torch.cat([others[:offset], local, others[offset + n:]])
-        extra_queries = (all_q, slice(offset, offset + n))
-    loss = instance_nce(local, keys, self_index, pos_index, cfg.tau_patch, cfg.detach_keys,
-                        extra=extra, extra_queries=extra_queries, chunk=cfg.chunk)
+        all_queries = (torch.cat([others[:offset], local, others[offset + n:]]), slice(offset, offset + n))
+    loss = instance_nce(local, keys, self_index, pos_index, cfg.tau_patch, cfg.chunk, cfg.detach_keys,
+                        bank_negatives, all_queries)
     return loss.mean()
 
 
@@ -103,7 +102,7 @@ class LDObjective(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor],
-                bank: ExtraNegatives | None = None, discriminator: nn.Module | None = None) -> StepLosses:
+                bank_negatives: BankNegatives | None = None, discriminator: nn.Module | None = None) -> StepLosses:
         cfg = self.cfg
         b = batch["x1_1"].shape[0]
         out = model(torch.cat([batch[k] for k in VIEW_KEYS]))
@@ -112,7 +111,7 @@ class LDObjective(nn.Module):
         g11, g21, gmix = grids["x1_1"], grids["x2_1"], grids["mix"]
 
         patch_local = patch_vectors(grids)
-        terms = {"patch": _nce_over_ranks(patch_local, self.collective, cfg, bank)}
+        terms = {"patch": _nce_over_ranks(patch_local, self.collective, cfg, bank_negatives)}
 
         w = batch["mix_w"].to(g11).view(-1, 1, 1, 1)
         target = F.normalize(w * g11 + (1 - w) * g21, dim=1).detach()

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ldisc.config_schema import GeneratedDataConfig, ShardDataConfig, TrainConfig
 from ldisc.objectives.crisp import sharpen
 from ldisc.objectives.diagnostics import ClusterStats, cluster_stats
 from ldisc.views import input_normalization, normalize, pil_to_tensor, to_channels
@@ -99,16 +100,14 @@ def anatomy_alignment(module: torch.nn.Module, modality: str, size: int = 128, n
 
 
 class ClusterProbe:
-    def __init__(self, cfg, run_dir: Path, rank: int):
-        t, d = cfg.train, cfg.data
-        self.every = int(t.get("cluster_image_every", 0) or 0)
-        self.power = float(cfg.objective.get("mask_power", 1.0))
-        self.modality = str(d.get("modality", "fundus"))
+    def __init__(self, train: TrainConfig, data: GeneratedDataConfig | ShardDataConfig, mask_power: float,
+                 seed: int, run_dir: Path, rank: int):
+        self.every, self.power, self.modality = train.cluster_image_every, mask_power, data.modality
         self.rank, self.dir = rank, Path(run_dir)
         self.images, self.truth = None, None
-        if str(d.get("source", "synthetic")) == "synthetic":
-            self.images, self.truth = synthetic_probe_batch(str(d.modality), int(d.size),
-                                                            int(t.get("cluster_probe_images", 4)), int(cfg.seed))
+        if data.source == "synthetic":
+            self.images, self.truth = synthetic_probe_batch(data.modality, data.view_side, train.cluster_probe_images,
+                                                            seed)
 
     def remember(self, batch: dict) -> None:
         """Without synthetic ground truth: the first batch's x1_1 views become the probe batch."""

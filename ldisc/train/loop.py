@@ -22,6 +22,7 @@ from tqdm import tqdm
 from ldisc.bank import load_bank, save_bank
 from ldisc.bank.build import build_bank, build_key_encoder, feed_bank
 from ldisc.config import to_dataclass
+from ldisc.config_schema import pretrain_sections
 from ldisc.data.build import build_data_source, build_validation_source
 from ldisc.data.source import SAMPLE_IDS, DataSource, load_position, save_position
 from ldisc.data.store import take_retries
@@ -57,6 +58,7 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig, info: DistInfo, data=None):
         self.cfg, self.info, self.rank = cfg, info, info.rank
+        self.sections = pretrain_sections(cfg)         # typed train, engine, bank, data, shape_prior, metrics
         self.device = info.device
         self.run_dir = Path(cfg.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -64,15 +66,14 @@ class Trainer:
         self.data: DataSource = data if data is not None else build_data_source(cfg, info.rank, info.world_size, device=info.device)
         self.val_data: DataSource | None = build_validation_source(cfg, info.rank, info.world_size)  # None unless train.val_fraction > 0
         self.val_start = self.val_data.position() if self.val_data is not None else None
-        self.bank = build_bank(cfg.bank, self.collective, int(cfg.model.embed_dim), info.device)
+        self.bank = build_bank(self.sections.bank, self.collective, int(cfg.model.embed_dim), info.device)
         self.key_encoder = None
-        m = cfg.metrics
-        self.metrics = TrainMetrics(self.rank, int(m.port), info.local_rank, str(m.get("addr", "127.0.0.1")),
-                                    run=str(m.get("run") or run_name(self.run_dir)))
+        m = self.sections.metrics
+        self.metrics = TrainMetrics(self.rank, m.port, info.local_rank, m.addr, run=m.run or run_name(self.run_dir))
         self.log = JsonlLog(self.run_dir / "losses.jsonl", enabled=self.rank == 0)
         self.samples_log = JsonlLog(self.run_dir / f"samples.rank{self.rank}.jsonl")
         self.tracker = open_tracker(cfg, self.run_dir, self.rank)     # TensorBoard / MLflow, when configured
-        self.ds_config = build_ds_config(cfg, info.world_size)
+        self.ds_config = build_ds_config(self.sections.engine, self.sections.train, info.world_size)
         if self.rank == 0:
             (self.run_dir / "ds_config.json").write_text(json.dumps(self.ds_config, indent=1))
         self.engine: Engine | None = None
@@ -91,7 +92,7 @@ class Trainer:
         """The ``model`` group's network; the input channels come from the data modality, the clustering
         branch only in stage 2."""
         m = self.cfg.model
-        channels = input_normalization(str(self.cfg.data.get("modality", "fundus")))[0]
+        channels = input_normalization(self.sections.data.modality)[0]
         return LDNet(str(m.width), int(m.embed_dim), int(m.clusters) if stage == 2 else 0, in_channels=channels,
                      decoder=str(m.decoder), init=str(m.init))
 
@@ -102,18 +103,19 @@ class Trainer:
         model = self._model(stage)
         if init_state is not None:
             load_stage1(model, init_state)
-        self.engine = Engine(model, self.cfg.engine, self.ds_config, self.info)
+        self.engine = Engine(model, self.sections.engine, self.ds_config, self.info)
         ocfg = to_dataclass(ObjectiveConfig, self.cfg.objective)
         ocfg.stage = stage
         self.objective = LDObjective(ocfg, self.collective).to(self.device)
-        self.key_encoder = build_key_encoder(self.cfg.bank, self._key_source(), int(self.cfg.objective.grid))
+        self.key_encoder = build_key_encoder(self.sections.bank, self._key_source(), ocfg.grid)
         self.shape_prior = None
         if stage == 2 and ocfg.w_adversarial > 0:
-            t = self.cfg.train
-            self.shape_prior = ShapePrior(self.cfg, float(t.lr), int(t.lr_halve_every), int(self.cfg.data.size),
-                                          self.device)
+            t = self.sections.train
+            self.shape_prior = ShapePrior(self.sections.shape_prior, int(self.cfg.seed), t.lr, t.lr_halve_every,
+                                          self.sections.data.view_side, self.device)
         self.stage = stage
-        self.cluster_probe = ClusterProbe(self.cfg, self.run_dir, self.rank) if stage == 2 else None
+        self.cluster_probe = (ClusterProbe(self.sections.train, self.sections.data, ocfg.mask_power, int(self.cfg.seed),
+                                           self.run_dir, self.rank) if stage == 2 else None)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save(self) -> Path:
@@ -150,7 +152,7 @@ class Trainer:
         torch.save(full, directory / ckpt.MODEL_FILE)
         model = self._model(self.stage)
         model.load_state_dict(full)
-        header = {"step": self.step, "modality": str(self.cfg.data.get("modality", "fundus")), "cfg": self.cfg}
+        header = {"step": self.step, "modality": self.sections.data.modality, "cfg": self.cfg}
         for name in ckpt.ENCODER_FILES:
             save_encoder(model, directory / name, **header)
 
@@ -198,7 +200,7 @@ class Trainer:
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         self.engine.train()
         disc = self.shape_prior.discriminator if self.shape_prior else None
-        result = self.objective(self.engine, batch, bank=self.bank.negatives(), discriminator=disc)
+        result = self.objective(self.engine, batch, bank_negatives=self.bank.bank_negatives(), discriminator=disc)
         if self.cluster_probe is not None:
             self.cluster_probe.remember(batch)
             self._mask_stats = cluster_stats(result.masks)
@@ -232,7 +234,7 @@ class Trainer:
 
     def _key_source(self):
         """What the EMA key encoder copies: the engine's module (ZeRO-3 partitions it: not supported)."""
-        if self.engine.zero_stage == 3 and float(self.cfg.bank.get("ema_momentum", 0) or 0) > 0:
+        if self.engine.zero_stage == 3 and self.sections.bank.ema_momentum > 0:
             raise ValueError("bank.ema_momentum > 0 needs full parameters: use engine.zero_stage ≤ 2")
         return self.engine.module
 
@@ -251,7 +253,7 @@ class Trainer:
             return None
         self.val_data.seek(self.val_start)
         prototypes = self.objective.prototypes               # validation must not move the EMA centres
-        n, total = int(self.cfg.train.get("val_batches", 2)), 0.0
+        n, total = self.sections.train.val_batches, 0.0
         self.engine.eval()
         for _ in range(n):
             batch = self.val_data.next_batch()
@@ -347,11 +349,11 @@ class Trainer:
         bar.close()
         self.metrics.mark_success()
         self.metrics.write(self.run_dir / f"metrics.rank{self.rank}.prom")
-        if self.cfg.metrics.get("textfile_dir"):      # a node-exporter folder: one file per run and rank
-            self.metrics.write(Path(self.cfg.metrics.textfile_dir) / textfile_name("train", self.metrics.run, self.rank))
+        if self.sections.metrics.textfile_dir:      # a node-exporter folder: one file per run and rank
+            self.metrics.write(Path(self.sections.metrics.textfile_dir) / textfile_name("train", self.metrics.run, self.rank))
         if self.rank == 0:
             plot_losses(self.losses, self.run_dir / "loss_curve.png")
-        time.sleep(float(self.cfg.metrics.get("linger_s", 0)))
+        time.sleep(self.sections.metrics.linger_s)
         self.metrics.close()
         self.tracker.close()
         enc = self.last_checkpoint / ckpt.ENCODER_FILE if self.last_checkpoint else None
@@ -359,7 +361,7 @@ class Trainer:
 
     def _stage_steps(self) -> tuple[int, int]:
         """(stage-1 steps, stage-2 steps): both stages by default; ``objective.stage=1|2`` runs one."""
-        t, only = self.cfg.train, self.cfg.objective.get("stage")
+        t, only = self.cfg.train, self.cfg.objective.stage
         if only not in (None, 1, 2):
             raise ValueError(f"objective.stage must be null (both), 1 or 2, got {only!r}")
         s1 = 0 if t.init_from or only == 2 else int(t.stage1_steps)

@@ -18,11 +18,11 @@ def run_pretraining(cfg: DictConfig, overrides: list[str] | None = None) -> Pret
     The env contract (RANK, WORLD_SIZE, …) comes from the launcher, or is set here for one process.
     Every rank uses rank 0's ``run_dir`` (a ``${now:…}`` default may differ by a second between ranks).
     """
-    check_pretrain_config(cfg)
-    if int(cfg.get("threads", 0)) > 0:
-        torch.set_num_threads(int(cfg.threads))
+    sections = check_pretrain_config(cfg)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     with single_process_env():
-        info = init_distributed(str(cfg.engine.get("backend", "auto")))
+        info = init_distributed(sections.engine.backend)
         try:
             cfg = OmegaConf.merge(cfg, {"run_dir": broadcast_object(str(cfg.run_dir))})
             if info.rank == 0:

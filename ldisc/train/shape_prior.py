@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ldisc.dist import average_over_ranks_
+from ldisc.config_schema import ShapePriorConfig
 from ldisc.model import ShapeDiscriminator
 from ldisc.objectives.region import adversarial_discriminator_loss
 
@@ -76,14 +77,14 @@ def load_shape_masks(source: str, size: int, count: int, seed: int) -> torch.Ten
 class ShapePrior:
     """Discriminator, its optimiser and schedule, and the pool of real masks."""
 
-    def __init__(self, cfg, lr: float, halve_every: int, view_size: int, device: torch.device):
-        sp = cfg.shape_prior
-        torch.manual_seed(int(cfg.seed) + 1009)
-        self.discriminator = ShapeDiscriminator(int(sp.width)).to(device)
-        self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr * float(sp.lr_scale))
+    def __init__(self, sp: ShapePriorConfig, seed: int, lr: float, halve_every: int, view_size: int,
+                 device: torch.device):
+        torch.manual_seed(seed + 1009)
+        self.discriminator = ShapeDiscriminator(sp.width).to(device)
+        self.optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr * sp.lr_scale)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=halve_every, gamma=0.5)
-        self.real = load_shape_masks(str(sp.source), view_size, int(sp.pool), int(cfg.seed)).to(device)
-        self.seed = int(cfg.seed)
+        self.real = load_shape_masks(sp.source, view_size, sp.pool, seed).to(device)
+        self.seed = seed
 
     def _real_batch(self, n: int, step: int, rank: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step * 4099 + rank)
