@@ -228,7 +228,7 @@ def lever_rows(args, size: int, bs: int, native: bool) -> list[dict]:
     if unknown:
         raise SystemExit(f"unknown --levers {sorted(unknown)}; choose from {list(LEVERS)}")
     for lever in (k for k in chosen if k != "bf16_autocast" or native):
-        kw = dict(LEVERS[lever], size=size, batch_size=bs, flops=lever == chosen[0])
+        kw = dict(LEVERS[lever], size=size, batch_size=bs, flops=lever == chosen[0] and "conv" in args.parts)
         settings = args.malloc.split(",")
         rows.append({"lever": lever, "command": COMMANDS[lever],
                      **({"malloc_keep": _run(args, MALLOC_KEEP, **kw)} if "keep" in settings else {}),
@@ -317,7 +317,7 @@ def cpu_report(args, size: int, bs: int) -> dict:
         if "levers" in parts:
             rows = lever_rows(args, size, bs, native)
             by = {r["lever"]: r for r in rows}
-            out.update(levers=rows, target=target_check(rows))
+            out.update(levers=rows, target={"applies": (size, bs) == (448, 4), **target_check(rows)})
             if "largest" in parts:
                 out["largest_batch_24gb"] = largest_batches(args, size, bs, by)
         if bf16_job:
