@@ -53,6 +53,7 @@ class EngineConfig:
     compile: bool
     backend: str
     extra: dict
+    activation_checkpointing: str
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldisc.model.checkpointing import run_segment
 from ldisc.model.encoder import conv_bn_relu
 from ldisc.model.init import init_weights
 
@@ -49,7 +50,9 @@ def upsample(x: torch.Tensor, like: torch.Tensor, mode: str) -> torch.Tensor:
 
 class UNetDecoder(nn.Module):
     """Decodes the five encoder features back to full resolution; returns the feature map the heads
-    read (``out_channels`` wide: 2·c1 for ``authors``, c1 for ``ldisc``)."""
+    read (``out_channels`` wide: 2·c1 for ``authors``, c1 for ``ldisc``). ``checkpoint``: recompute
+    each stage's insides during backward (:mod:`ldisc.model.checkpointing`)."""
+    checkpoint = False
 
     def __init__(self, channels: tuple[int, ...], style: str = "authors", init: str = "kaiming"):
         super().__init__()
@@ -68,7 +71,7 @@ class UNetDecoder(nn.Module):
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = feats[-1]
         for up, skip in zip(self.ups, reversed(feats[len(feats) - 1 - len(self.ups):-1])):
-            x = up(x, skip)
+            x = run_segment(up, x, skip, enabled=self.checkpoint)
         if self.style == "authors":
             x = torch.cat([upsample(x, feats[0], "nearest"), feats[0]], 1)
         return x

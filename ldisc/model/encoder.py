@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ldisc.model.checkpointing import run_segment
 from ldisc.model.init import init_weights
 
 # channels of the five VGG16 blocks at full width, and how many 3x3 convs each block has
@@ -28,8 +29,10 @@ class VGGEncoder(nn.Module):
 
     ``in_channels``: 3 (fundus, RGB) or 1 (X-ray; see :func:`ldisc.views.input_normalization`).
     ``bias``: conv bias (the authors': yes). ``init``: see :mod:`ldisc.model.init`.
-    ``forward(x)`` returns ``[f1, …, f5]`` at strides 1, 2, 4, 8, 16.
+    ``forward(x)`` returns ``[f1, …, f5]`` at strides 1, 2, 4, 8, 16. ``checkpoint``: recompute each
+    block's insides during backward (:mod:`ldisc.model.checkpointing`).
     """
+    checkpoint = False
 
     def __init__(self, width: str = "tiny", in_channels: int = 3, bias: bool = True, init: str = "kaiming"):
         super().__init__()
@@ -47,6 +50,6 @@ class VGGEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []
         for i, block in enumerate(self.blocks):
-            x = block(x if i == 0 else self.pool(x))
+            x = run_segment(block, x if i == 0 else self.pool(x), enabled=self.checkpoint)
             feats.append(x)
         return feats

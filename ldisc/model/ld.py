@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ldisc.model.checkpointing import run_segment
 from ldisc.model.decoder import ClusterHead, EmbeddingHead, UNetDecoder
 from ldisc.model.encoder import VGGEncoder
 from ldisc.model.header import FORMAT, EncoderHeader, encoder_header
@@ -23,7 +24,9 @@ class LDOutput:
 
 class LDNet(nn.Module):
     """``in_channels``: 3 (fundus) or 1 (X-ray); ``decoder``: ``authors`` | ``ldisc`` (see
-    :mod:`ldisc.model.decoder`); ``init``: ``kaiming`` | ``torch`` (see :mod:`ldisc.model.init`)."""
+    :mod:`ldisc.model.decoder`); ``init``: ``kaiming`` | ``torch`` (see :mod:`ldisc.model.init`).
+    Activation checkpointing: :func:`ldisc.model.checkpointing.set_activation_checkpointing`."""
+    checkpoint_heads = False
 
     def __init__(self, width: str = "tiny", embed_dim: int = 32, clusters: int = 0, in_channels: int = 3,
                  decoder: str = "authors", init: str = "kaiming"):
@@ -36,7 +39,9 @@ class LDNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> LDOutput:
         h = self.decoder(self.encoder(x))
-        return LDOutput(self.embed(h), self.cluster(h) if self.cluster is not None else None)
+        on = self.checkpoint_heads
+        return LDOutput(run_segment(self.embed, h, enabled=on),
+                        run_segment(self.cluster, h, enabled=on) if self.cluster is not None else None)
 
 
 def load_stage1(model: LDNet, state: dict[str, torch.Tensor]) -> list[str]:

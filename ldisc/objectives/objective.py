@@ -102,10 +102,16 @@ class LDObjective(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor],
-                bank_negatives: BankNegatives | None = None, discriminator: nn.Module | None = None) -> StepLosses:
+                bank_negatives: BankNegatives | None = None, discriminator: nn.Module | None = None,
+                consume_views: bool = False) -> StepLosses:
+        """``consume_views``: take the five view images out of ``batch`` once they are concatenated
+        into the network input, so that they are freed before the forward pass (the caller does not
+        need them after this call)."""
         cfg = self.cfg
         b = batch["x1_1"].shape[0]
-        out = model(torch.cat([batch[k] for k in VIEW_KEYS]))
+        x = torch.cat([batch.pop(k) if consume_views else batch[k] for k in VIEW_KEYS])
+        out = model(x)
+        del x
         pooled = pool_patches(out.embedding, cfg.grid, cfg.patch_pooling, cfg.center_sigma)
         grids = align_second_views(dict(zip(VIEW_KEYS, pooled.split(b))), batch)
         g11, g21, gmix = grids["x1_1"], grids["x2_1"], grids["mix"]

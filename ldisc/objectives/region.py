@@ -40,13 +40,30 @@ def region_loss(r: torch.Tensor, centres: torch.Tensor, tau: float = 0.2) -> tor
     return F.cross_entropy(logits.reshape(b * k, k), target.reshape(-1))
 
 
+class _BinaryEntropy(torch.autograd.Function):
+    """Mean binary entropy of clamp(m, ε, 1 − ε) in nats, keeping only ``m`` for the backward pass
+    (d/dm = −logit(m) / N inside the clamp, 0 outside): none of the four mask-sized temporaries
+    of the plain formula is kept, which at 448 px, batch 4 is 0.8 GB."""
+
+    @staticmethod
+    def forward(ctx, masks: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(masks)
+        m = masks.clamp(_EPS, 1 - _EPS)
+        return -(m * torch.log(m) + (1 - m) * torch.log(1 - m)).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (masks,) = ctx.saved_tensors
+        out = torch.logit(masks, eps=_EPS).mul_(-grad / masks.numel())
+        return out.masked_fill_((masks < _EPS) | (masks > 1 - _EPS), 0.0)
+
+
 def entropy_loss(masks: torch.Tensor, base: float = 2.0) -> torch.Tensor:
     """L_ent = −mean [m log_b m + (1 − m) log_b(1 − m)] over masks, clusters and pixels.
 
     ``base`` 2 (the authors': bits, 1 at m = 0.5) or e (nats: the same term × ln 2 ≈ 0.693).
     """
-    m = masks.clamp(_EPS, 1 - _EPS)
-    return -(m * torch.log(m) + (1 - m) * torch.log(1 - m)).mean() / math.log(base)
+    return _BinaryEntropy.apply(masks) / math.log(base)
 
 
 def adversarial_generator_loss(disc_logits_fake: torch.Tensor) -> torch.Tensor:

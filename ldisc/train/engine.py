@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ldisc.model import LDOutput
+from ldisc.model import LDOutput, set_activation_checkpointing
 from ldisc.train.checkpoint import ENGINE_DIR as DS_TAG, MODEL_FILE
 from ldisc.train.env import DistInfo, import_deepspeed
 from ldisc.train.reshard import universal_for
@@ -35,6 +35,7 @@ class Engine:
             raise ValueError("engine.precision=fp16 needs an accelerator with fp16 support; use bf16 on CPU")
         if engine_cfg.sync_batchnorm:
             module = convert_sync_batchnorm(module, info.device)
+        set_activation_checkpointing(module, engine_cfg.activation_checkpointing)
         # channels-last *activations* only: DeepSpeed views parameters as flat bytes (broadcast, ZeRO
         # buffers), which NHWC-strided weights break; convolutions follow the input's memory format.
         self.channels_last = bool(engine_cfg.channels_last)

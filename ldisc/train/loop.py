@@ -200,9 +200,13 @@ class Trainer:
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         self.engine.train()
         disc = self.shape_prior.discriminator if self.shape_prior else None
-        result = self.objective(self.engine, batch, bank_negatives=self.bank.bank_negatives(), discriminator=disc)
+        images = 5 * batch["x1_1"].shape[0]
         if self.cluster_probe is not None:
             self.cluster_probe.remember(batch)
+        # the view images are freed once they form the network input, unless a key encoder reads them
+        result = self.objective(self.engine, batch, bank_negatives=self.bank.bank_negatives(), discriminator=disc,
+                                consume_views=self.key_encoder is None)
+        if self.cluster_probe is not None:
             self._mask_stats = cluster_stats(result.masks)
         self.engine.backward(result.total)
         terms = {k: v.detach() for k, v in result.terms.items()}
@@ -213,7 +217,7 @@ class Trainer:
             terms_sum[k] = terms_sum.get(k, 0.0) + v.float().cpu()
         self.engine.step()
         feed_bank(self.bank, result.patch_vectors, self._key_batch(batch), self.key_encoder, self.engine.module)
-        return 5 * batch["x1_1"].shape[0], wait
+        return images, wait
 
     def _note_data(self, batch: dict) -> None:
         """Shard batches: export the manifest version and store retries; log when the version changes (new
