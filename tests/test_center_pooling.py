@@ -80,3 +80,25 @@ def test_argmax_window_restricts_the_search():
     assert xy[0, 0].tolist() == [1, 1] and float(score) == pytest.approx(0.9)
     xy, score = argmax_xy(sim, centre=torch.tensor([[[8.0, 6.0]]]), radius=2)
     assert xy[0, 0].tolist() == [8, 7] and float(score) == pytest.approx(0.5)
+
+
+def test_ema_key_encoder_pools_like_the_objective():
+    """The bank's EMA keys honour objective.patch_pooling: with the online weights they equal the
+    objective's center-pooled L_pd vectors (and differ from flat-pooled ones)."""
+    from ldisc.bank import build_key_encoder
+    from ldisc.model import LDNet
+    from ldisc.objectives.objective import LDObjective, ObjectiveConfig
+
+    torch.manual_seed(0)
+    model = LDNet("tiny", 8).eval()
+    g = torch.Generator().manual_seed(1)
+    batch = {k: torch.randn(2, 3, 32, 32, generator=g) for k in ("x1_1", "x2_1", "x1_2", "x2_2", "mix")}
+    batch |= {"flip1": torch.tensor([0, 2]), "rot1": torch.tensor([1, 3]), "flip2": torch.tensor([2, 0]),
+              "rot2": torch.tensor([0, 2]), "mix_w": torch.tensor([0.3, 0.6])}
+    keys = build_key_encoder({"size": 64, "ema_momentum": 0.9}, model, 8, "center", 0.25)
+    assert (keys.pooling, keys.sigma) == ("center", 0.25)
+    center = LDObjective(ObjectiveConfig(patch_pooling="center"))(model, batch).patch_vectors
+    flat = LDObjective(ObjectiveConfig())(model, batch).patch_vectors
+    got = keys.encode_patches(batch)
+    torch.testing.assert_close(got, center, rtol=1e-5, atol=1e-6)
+    assert (got - flat).abs().max() > 1e-3

@@ -1,7 +1,8 @@
 """The bank of a run from the ``bank`` config group, and the one call that feeds it after a step.
 
     bank = build_bank(cfg.bank, collective, dim=cfg.model.embed_dim, device=device)
-    keys = build_key_encoder(cfg.bank, model, grid=cfg.objective.grid)      # None: online vectors
+    keys = build_key_encoder(cfg.bank, model, cfg.objective.grid, cfg.objective.patch_pooling,
+                             cfg.objective.center_sigma)          # None: online vectors
     ...
     losses = objective(model, batch, bank=bank.negatives())
     engine.step(losses.total)
@@ -32,12 +33,14 @@ def build_bank(cfg, collective: Collective, dim: int, device: torch.device | str
                              int(_get(cfg, "chunk", DEFAULT_CHUNK)))
 
 
-def build_key_encoder(cfg, model: nn.Module, grid: int = 8) -> EMAKeyEncoder | None:
-    """An EMA key encoder when the bank is on and ``ema_momentum`` > 0, else None."""
+def build_key_encoder(cfg, model: nn.Module, grid: int = 8, pooling: str = "mean",
+                      sigma: float = 0.25) -> EMAKeyEncoder | None:
+    """An EMA key encoder when the bank is on and ``ema_momentum`` > 0, else None; it pools its patch
+    vectors like the objective (``pooling``/``sigma`` = ``objective.patch_pooling``/``center_sigma``)."""
     momentum = float(_get(cfg, "ema_momentum", 0.0))
     if int(_get(cfg, "size", 0)) == 0 or momentum == 0.0:
         return None
-    return EMAKeyEncoder(model, momentum, grid)
+    return EMAKeyEncoder(model, momentum, grid, pooling, sigma)
 
 
 def feed_bank(bank: ShardedMemoryBank, patch_vectors: torch.Tensor, batch: dict[str, torch.Tensor],
