@@ -118,6 +118,39 @@ def embed(net: LDNet, x: torch.Tensor, batch: int = 8) -> tuple[torch.Tensor, to
     return torch.cat(embs), (torch.cat(masks) if masks else None)
 
 
+FEATURES = ("embedding", "hypercolumn")
+
+
+@torch.no_grad()
+def feature_maps(net: LDNet, x: torch.Tensor, features: str = "embedding", batch: int = 8) -> dict[str, torch.Tensor]:
+    """(N, 3, S, S) inputs → named feature maps of one forward pass, each (N, C, h, w) at its own stride.
+
+    ``embedding``: ``{"embedding"}``, the unit LD pixel embedding (the paper's). ``hypercolumn``: also
+    every encoder level (``enc0`` … at strides 1, 2, 4, …) and every decoder stage (``dec0`` …, deepest
+    first), read with forward hooks, so a pixel is described at every scale the network sees.
+    """
+    if features not in FEATURES:
+        raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
+    device = next(net.parameters()).device
+    parts: dict[str, list[torch.Tensor]] = {}
+    grabbed: dict[str, torch.Tensor] = {}
+    hooks = []
+    if features == "hypercolumn":
+        hooks.append(net.encoder.register_forward_hook(
+            lambda m, i, out: grabbed.update({f"enc{j}": f for j, f in enumerate(out)})))
+        for j, up in enumerate(net.decoder.ups):
+            hooks.append(up.register_forward_hook(lambda m, i, out, j=j: grabbed.update({f"dec{j}": out})))
+    try:
+        for chunk in x.split(batch):
+            grabbed["embedding"] = net(chunk.to(device)).embedding
+            for name, value in grabbed.items():
+                parts.setdefault(name, []).append(value.float())
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: torch.cat(v) for name, v in parts.items()}
+
+
 def pick_device(name: str = "auto") -> torch.device:
     """``auto``: the accelerator when present, else CPU."""
     if name == "auto":
