@@ -199,3 +199,14 @@ def test_application_tasks_run_in_the_fleet_and_report_next_to_dice(tmp_path):
         assert r["mre_px"] is None and 0 <= r["dice_mean"] <= 1 and len(r["dice_per_image"]) == 3
     report = (tmp_path / "report" / "report.md").read_text()
     assert "random · frangi" in report and "| synth_xray_landmarks | random | ncc |" in report
+
+
+def test_render_examples_writes_a_heat_map_and_a_mask_picture(shape_guided_run, tmp_path):
+    from ldisc.apps.examples import render_examples
+
+    paths = render_examples(shape_guided_run.checkpoint, tmp_path, image_size=96)
+    assert sorted(paths) == ["landmarks", "mask"]
+    assert Image.open(paths["landmarks"]).size == (2 * 256, 256 + 16)
+    assert Image.open(paths["mask"]).size == (4 * 256, 256 + 16)
+    with pytest.raises(ValueError):
+        render_examples(shape_guided_run.checkpoint, tmp_path, panel=128)
