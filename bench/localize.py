@@ -82,7 +82,7 @@ def main() -> None:
         result["timing_512px"] = timing()
     ckpts = dict(entry.split("=", 1) for entry in a.landmark_ckpt)
     work = a.work_size or (load_ld_model(next(iter(ckpts.values()))).train_size if ckpts else a.size)
-    result["landmarks"] = {"work_size": work}
+    result["landmarks"] = {"work_size": work} if "landmarks" in parts else {}
     methods = ("center", "flat", "mirror", "hypercolumn")
     for modality in ("fundus", "xray") if "landmarks" in parts else ():
         task = f"synth_{modality}_landmarks"

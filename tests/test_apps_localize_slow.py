@@ -4,7 +4,7 @@ baseline (NCC, at either working size), better than the same network at random i
 with the center-sensitive kernel than with the flat one; the test-time mirror option helps further.
 
 Slow: it pretrains its own model (stage 1 with the paper's objective, 64 px, 50 steps of batch 4;
-≈ 4 min on an idle 2-core CPU). Measured with this recipe (docs/applications.md): MRE 7.8 % of the
+a few minutes on an idle 2-core CPU). Measured with this recipe (docs/applications.md): MRE 7.8 % of the
 width (center) vs 9.3 % (flat), 5.9 % (mirror), random init 21.9 %, NCC 15.1 % (64 px) / 16.4 % (128 px).
 """
 from __future__ import annotations
