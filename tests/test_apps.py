@@ -103,16 +103,33 @@ def test_shape_guided_stage2_end_to_end_losses_move_as_an_adversarial_pair(shape
     assert trainer["shape_prior"]["discriminator"] and any(k.startswith("cluster.") for k in weights)
 
 
+def test_otsu_readout_is_relative_to_the_field_of_view():
+    from ldisc.apps.segment import OTSU, binarize, parse_threshold
+
+    prob = np.full((20, 20), 0.12, np.float32)
+    prob[5:15, 8:10] = 0.2                       # a faint "vessel": far below 0.5, above the rest
+    prob[0, :] = 0.9                             # bright, but outside the field of view
+    inside = np.zeros((20, 20), bool)
+    inside[2:18, 2:18] = True
+    assert not binarize(prob, inside, 0.5).any()
+    otsu = binarize(prob, inside, OTSU)
+    assert otsu.sum() == 20 and otsu[5:15, 8:10].all()
+    assert not binarize(np.full((20, 20), 0.12), inside, OTSU).any()        # nothing to separate
+    assert parse_threshold("otsu") == OTSU and parse_threshold("0.3") == 0.3
+    with pytest.raises(ValueError):
+        parse_threshold("1.5")
+
+
 def test_segment_cli_writes_masks_of_the_input_size(shape_guided_run, tmp_path, capsys):
     images = tmp_path / "images"
     images.mkdir()
     sizes = {"a": (120, 90), "b": (64, 64)}                               # (width, height)
     for seed, (name, wh) in enumerate(sizes.items()):
         Image.fromarray(generate("fundus", seed + 3, 128).image).resize(wh).save(images / f"{name}.png")
-    for readout in ("mask0", "prototype"):
+    for readout, threshold in (("mask0", "otsu"), ("prototype", "0.5")):
         out = tmp_path / readout
         args = ["--checkpoint", str(shape_guided_run.checkpoint), "--images", str(images), "--out", str(out),
-                "--readout", readout, "--device", "cpu"]
+                "--readout", readout, "--threshold", threshold, "--device", "cpu"]
         if readout == "mask0":                     # the console entry point, in its own process
             r = _cli("ldisc.apps.segment_cli", *args)
             assert r.returncode == 0, r.stderr
@@ -124,6 +141,8 @@ def test_segment_cli_writes_masks_of_the_input_size(shape_guided_run, tmp_path, 
             assert Image.open(out / "overlays" / f"{name}.png").size == wh
         report = json.loads((out / "segment.json").read_text())
         assert report["readout"] == readout and sorted(report["foreground_fraction"]) == ["a.png", "b.png"]
+    otsu = json.loads((tmp_path / "mask0" / "segment.json").read_text())
+    assert otsu["threshold"] == "otsu" and all(0 < f < 0.7 for f in otsu["foreground_fraction"].values())
     capsys.readouterr()
     assert segment_main(["--checkpoint", str(tmp_path), "--images", str(images), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
@@ -167,11 +186,11 @@ def test_application_tasks_run_in_the_fleet_and_report_next_to_dice(tmp_path):
                      overrides=["data.max_test=3", "data.input_side=64", "fleet.progress=false"]).to_pylist()
     assert all(r["status"] == "ok" for r in table), [r["error"] for r in table]
     methods = {(r["task"], r["protocol"]) for r in table}
-    assert methods == {("synth_xray_landmarks", m) for m in ("center", "flat", "ncc")} | {
-        ("synth_fundus_vessel_unsup", m) for m in ("mask0", "prototype", "frangi")}
+    assert methods == {("synth_xray_landmarks", m) for m in ("center", "flat", "mirror", "hypercolumn", "ncc")} | {
+        ("synth_fundus_vessel_unsup", m) for m in ("mask0", "prototype", "mask0_otsu", "prototype_otsu", "frangi")}
     landmark_rows = [r for r in table if r["task"] == "synth_xray_landmarks"]
     vessel_rows = [r for r in table if r["task"] == "synth_fundus_vessel_unsup"]
-    assert len(landmark_rows) == len(vessel_rows) == 3
+    assert len(landmark_rows) == len(vessel_rows) == 5
     for r in landmark_rows:
         assert r["dice_mean"] is None and 0 <= r["mre_px"] <= 64 * math.sqrt(2)
         assert r["mre_pct"] == pytest.approx(100 * r["mre_px"] / 64)
@@ -180,3 +199,14 @@ def test_application_tasks_run_in_the_fleet_and_report_next_to_dice(tmp_path):
         assert r["mre_px"] is None and 0 <= r["dice_mean"] <= 1 and len(r["dice_per_image"]) == 3
     report = (tmp_path / "report" / "report.md").read_text()
     assert "random · frangi" in report and "| synth_xray_landmarks | random | ncc |" in report
+
+
+def test_render_examples_writes_a_heat_map_and_a_mask_picture(shape_guided_run, tmp_path):
+    from ldisc.apps.examples import render_examples
+
+    paths = render_examples(shape_guided_run.checkpoint, tmp_path, image_size=96)
+    assert sorted(paths) == ["landmarks", "mask"]
+    assert Image.open(paths["landmarks"]).size == (2 * 256, 256 + 16)
+    assert Image.open(paths["mask"]).size == (4 * 256, 256 + 16)
+    with pytest.raises(ValueError):
+        render_examples(shape_guided_run.checkpoint, tmp_path, panel=128)

@@ -80,3 +80,58 @@ def test_argmax_window_restricts_the_search():
     assert xy[0, 0].tolist() == [1, 1] and float(score) == pytest.approx(0.9)
     xy, score = argmax_xy(sim, centre=torch.tensor([[[8.0, 6.0]]]), radius=2)
     assert xy[0, 0].tolist() == [8, 7] and float(score) == pytest.approx(0.5)
+
+
+def test_ema_key_encoder_pools_like_the_objective():
+    """The bank's EMA keys honour objective.patch_pooling: with the online weights they equal the
+    objective's center-pooled L_pd vectors (and differ from flat-pooled ones)."""
+    from ldisc.bank import build_key_encoder
+    from ldisc.model import LDNet
+    from ldisc.objectives.objective import LDObjective, ObjectiveConfig
+
+    torch.manual_seed(0)
+    model = LDNet("tiny", 8).eval()
+    g = torch.Generator().manual_seed(1)
+    batch = {k: torch.randn(2, 3, 32, 32, generator=g) for k in ("x1_1", "x2_1", "x1_2", "x2_2", "mix")}
+    batch |= {"flip1": torch.tensor([0, 2]), "rot1": torch.tensor([1, 3]), "flip2": torch.tensor([2, 0]),
+              "rot2": torch.tensor([0, 2]), "mix_w": torch.tensor([0.3, 0.6])}
+    keys = build_key_encoder({"size": 64, "ema_momentum": 0.9}, model, 8, "center", 0.25)
+    assert (keys.pooling, keys.sigma) == ("center", 0.25)
+    center = LDObjective(ObjectiveConfig(patch_pooling="center"))(model, batch).patch_vectors
+    flat = LDObjective(ObjectiveConfig())(model, batch).patch_vectors
+    got = keys.encode_patches(batch)
+    torch.testing.assert_close(got, center, rtol=1e-5, atol=1e-6)
+    assert (got - flat).abs().max() > 1e-3
+
+
+def test_mirror_option_finds_the_landmark_in_a_mirrored_image_exactly():
+    """A query that is the template's mirror image: its mirror IS the template, so with ``mirror`` the
+    similarity at the mirrored landmark is exactly 1 and the argmax lands there."""
+    import numpy as np
+
+    from ldisc.apps.landmarks import LocalizeConfig, Localizer
+    from ldisc.apps.model_io import random_ld_model
+
+    rng = np.random.default_rng(0)
+    template = (rng.random((32, 32, 3)) * 255).astype(np.uint8)
+    query = template[:, ::-1].copy()
+    marks = {"a": (5.0, 9.0), "b": (20.0, 26.0)}
+    cfg = LocalizeConfig(size=32, grid=4, levels=2, mirror=True)
+    pred = Localizer(random_ld_model(), template, marks, cfg).predict([query])[0]
+    assert pred.xy.tolist() == [[31 - 5, 9], [31 - 20, 26]]
+    np.testing.assert_allclose(pred.score, 1.0, atol=1e-5)
+    same = Localizer(random_ld_model(), template, marks, LocalizeConfig(size=32, grid=4)).predict([template])[0]
+    assert same.xy.tolist() == [[5, 9], [20, 26]]
+
+
+def test_hypercolumn_maps_are_every_encoder_level_and_decoder_stage():
+    from ldisc.apps.model_io import embed, feature_maps, random_ld_model
+
+    net = random_ld_model()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    maps = feature_maps(net, x, "hypercolumn", batch=1)
+    widths = {k: (v.shape[1], v.shape[-1]) for k, v in maps.items()}
+    assert widths == {"enc0": (16, 32), "enc1": (32, 16), "enc2": (64, 8), "enc3": (128, 4), "enc4": (128, 2),
+                      "dec0": (64, 4), "dec1": (32, 8), "dec2": (16, 16), "embedding": (32, 32)}
+    torch.testing.assert_close(maps["embedding"], embed(net, x)[0])
+    assert list(feature_maps(net, x)) == ["embedding"] and not net.encoder._forward_hooks

@@ -21,7 +21,7 @@ from ldisc.views import ViewConfig, make_views_batch
 def _batch(size: int = 32, pairs: int = 1, seed: int = 0) -> dict:
     gen = torch.Generator().manual_seed(seed)
     imgs = torch.rand(2, pairs, 3, size, size, generator=gen)
-    return make_views_batch(imgs[0], imgs[1], ViewConfig(size=size), gen)
+    return make_views_batch(imgs[0], imgs[1], ViewConfig(view_side=size), gen)
 
 
 def _step(model: LDNet, batch: dict) -> tuple[dict, dict, dict]:

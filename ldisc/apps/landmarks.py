@@ -2,18 +2,24 @@
 
 From ONE annotated template image:
 
-1. The network's unit pixel embeddings e(p) (D-dim) of the template and of every query image, at
-   ``size`` × ``size`` pixels.
-2. The center-sensitive embedding at every pixel: c(p) = normalise(Σ_q w(q − p) e(q)), the
-   embedding map convolved with the weight kernel w of :func:`ldisc.objectives.patches.center_weights`
-   (a Gaussian of σ·side pixels over a side × side window, side = size / grid rounded to odd, the
-   cell of the patch grid the network was trained with). It is separable, so it costs two 1-D
-   convolutions. ``pooling="mean"`` uses the flat box kernel instead (the paper's LD average).
-3. Template vector t_k = c_template(landmark k); similarity map s_k(p) = t_k · c_query(p) (cosine:
-   both are unit vectors); the prediction is the argmax of s_k.
+1. Feature maps of the template and of every query image at ``size`` × ``size`` input pixels
+   (:func:`ldisc.apps.model_io.feature_maps`): ``features="embedding"`` (default, the paper's) is the
+   network's unit pixel embedding e(p); ``"hypercolumn"`` adds every encoder level and decoder stage.
+2. The center-sensitive vector at every pixel of a map: c(p) = normalise(Σ_q w(q − p) f(q)), the map
+   convolved with the weight kernel w of :func:`ldisc.objectives.patches.center_weights` (a Gaussian
+   of σ·side pixels over a side × side window; side = the cell of the patch grid the network was
+   trained with, size / grid, in the map's own pixels, rounded to odd). It is separable, so it
+   costs two 1-D convolutions. ``pooling="mean"`` uses the flat box kernel instead.
+3. Template vector t_k = c_template(landmark k) (bilinear between pixels); similarity map
+   s_k(p) = t_k · c_query(p) (cosine: both are unit vectors). With several maps (hypercolumn) each
+   map's channels are first centred (minus the image's mean over pixels: ReLU features are all
+   positive) and s_k is the mean of the maps' cosines, each upsampled (bilinear) to size × size.
+   The prediction is the argmax of s_k.
 4. Coarse-to-fine (``levels`` > 1): the next level repeats 2–3 with a kernel half as wide, its argmax
    searched only within one previous-level side of the previous estimate. The wide kernel sees
    context (where in the eye a pixel lies); the narrow one sharpens the peak.
+5. ``mirror``: the query's mirror image is scored too (its map mirrored back) and each pixel keeps
+   the better score — for left and right eyes, whose anatomy is mirrored, under one template.
 
 Coordinates are (x, y) in the pixels of each original image (pixel centres at integers).
 The learning-free baseline :func:`ncc_localize` does the same search with normalised
@@ -27,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ldisc.apps.model_io import embed, to_input
+from ldisc.apps.model_io import FEATURES, feature_maps, to_input
 from ldisc.model import LDNet
 from ldisc.objectives.patches import center_profile
 
@@ -40,11 +46,13 @@ class LocalizeConfig:
     pooling: str = "center"    # center | mean (flat average, for comparison)
     levels: int = 2            # coarse-to-fine levels (1: the argmax of the first map only)
     batch: int = 8             # images per forward pass
+    features: str = "embedding"  # embedding (the paper's) | hypercolumn (+ every encoder/decoder map)
+    mirror: bool = False       # also score the query's mirror image (left/right eyes), keep the better
 
 
-def kernel_side(size: int, grid: int, level: int = 0) -> int:
-    """Odd kernel side of a level: the patch cell (size / grid) halved per level, at least 3."""
-    side = max(3, round(size / grid / 2 ** level))
+def kernel_side(size: int, grid: int, level: int = 0, minimum: int = 3) -> int:
+    """Odd kernel side of a level: the patch cell (size / grid) halved per level, at least ``minimum``."""
+    side = max(minimum, round(size / grid / 2 ** level))
     return side if side % 2 else side + 1
 
 
@@ -70,12 +78,13 @@ def pooled_map(emb: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
     return F.normalize(x.view(n, d, h, w), dim=1)
 
 
-def vectors_at(maps: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """(1, D, H, W) map, (K, 2) (x, y) map pixels → (K, D) vectors at the nearest pixels."""
-    h, w = maps.shape[-2:]
-    xs = points[:, 0].round().long().clamp(0, w - 1)
-    ys = points[:, 1].round().long().clamp(0, h - 1)
-    return maps[0, :, ys, xs].T
+def vectors_at(maps: torch.Tensor, points: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """(1, D, h, w) map, (K, 2) (x, y) points in size × size working pixels (default: the map's own)
+    → (K, D) unit vectors, bilinear between pixel centres (exact at integer points of a full-size map)."""
+    size = size or maps.shape[-1]
+    g = ((points.to(maps) + 0.5) / size * 2 - 1).view(1, -1, 1, 2)
+    v = F.grid_sample(maps, g, mode="bilinear", padding_mode="border", align_corners=False)
+    return F.normalize(v[0, :, :, 0].T, dim=1)
 
 
 def similarity(maps: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
@@ -124,24 +133,56 @@ class Localizer:
     def __init__(self, net: LDNet, template: np.ndarray, landmarks: dict[str, tuple[float, float]],
                  cfg: LocalizeConfig | None = None):
         self.net, self.cfg = net, cfg or LocalizeConfig()
+        c = self.cfg
         if not landmarks:
             raise ValueError("no landmarks given for the template")
+        if c.features not in FEATURES:
+            raise ValueError(f"features must be one of {FEATURES}, got {c.features!r}")
         self.names = list(landmarks)
+        self.points = torch.as_tensor(to_map(np.array([landmarks[k] for k in self.names]), template.shape[:2], c.size))
+        maps = self._maps(to_input(template, c.size))
+        # per coarse-to-fine level, per feature map: (1-D kernel profile, (K, D) template vectors)
+        self.kernels = []
+        for level in range(c.levels):
+            per_map = {}
+            for name, m in maps.items():
+                profile = self._profile(m.shape[-1], level)
+                per_map[name] = (profile, vectors_at(pooled_map(m, profile.to(m)), self.points.to(m), c.size))
+            self.kernels.append(per_map)
+
+    def _maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        maps = feature_maps(self.net, x, self.cfg.features, self.cfg.batch)
+        if self.cfg.features == "hypercolumn":         # centre each map's channels per image
+            maps = {k: v - v.mean((2, 3), keepdim=True) for k, v in maps.items()}
+        return maps
+
+    def _profile(self, width: int, level: int) -> torch.Tensor:
         c = self.cfg
-        points = torch.as_tensor(to_map(np.array([landmarks[k] for k in self.names]), template.shape[:2], c.size))
-        emb, _ = embed(net, to_input(template, c.size))
-        self.profiles = [kernel_profile(kernel_side(c.size, c.grid, lv), c.pooling, c.sigma) for lv in range(c.levels)]
-        self.vectors = [vectors_at(pooled_map(emb, p.to(emb.device)), points.to(emb.device)) for p in self.profiles]
+        side = kernel_side(width, c.grid, level, 3 if width == c.size else 1)
+        return kernel_profile(side, c.pooling, c.sigma)
+
+    def _similarity(self, maps: dict[str, torch.Tensor], level: int) -> torch.Tensor:
+        """(N, K, size, size): mean over feature maps of the cosine with the template vectors."""
+        size, total = self.cfg.size, 0
+        for name, (profile, vectors) in self.kernels[level].items():
+            sim = similarity(pooled_map(maps[name], profile.to(maps[name])), vectors)
+            if sim.shape[-1] != size:
+                sim = F.interpolate(sim, size=(size, size), mode="bilinear", align_corners=False)
+            total = total + sim
+        return total / len(self.kernels[level])
 
     @torch.no_grad()
     def predict(self, images: list[np.ndarray]) -> list[Prediction]:
         """Landmarks of each uint8 H×W×3 image (one batch: sizes may differ)."""
         c = self.cfg
         x = torch.cat([to_input(im, c.size) for im in images])
-        emb, _ = embed(self.net, x, c.batch)
+        maps = self._maps(x)
+        mirrored = self._maps(x.flip(-1)) if c.mirror else None
         centre, score, heat = None, None, None
-        for level, (profile, vectors) in enumerate(zip(self.profiles, self.vectors)):
-            sim = similarity(pooled_map(emb, profile.to(emb.device)), vectors)
+        for level in range(c.levels):
+            sim = self._similarity(maps, level)
+            if mirrored is not None:
+                sim = torch.maximum(sim, self._similarity(mirrored, level).flip(-1))
             radius = None if centre is None else kernel_side(c.size, c.grid, level - 1)
             centre, score = argmax_xy(sim, centre, radius)
             heat = sim if heat is None else heat

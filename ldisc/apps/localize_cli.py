@@ -1,12 +1,15 @@
 """``ldisc-localize``: one-shot landmark localization from one annotated template.
 
     ldisc-localize --checkpoint RUN/checkpoints/step_N --template T.png --landmarks T.json \
-                   --images DIR_OR_FILES… --out DIR [--size 256] [--pooling center|mean] [--levels 2]
+                   --images DIR_OR_FILES… --out DIR [--size 0] [--pooling center|mean] [--levels 2] \
+                   [--mirror] [--features embedding|hypercolumn]
 
 ``T.json`` maps landmark names to (x, y) pixels of the template: ``{"fovea": [301, 250], …}`` (or
 ``{"fovea": {"x": 301, "y": 250}}``). Writes ``DIR/landmarks.json`` (x, y and cosine score per
 landmark and image, in each image's pixels) and ``DIR/overlays/<image>.png`` (predictions over the
-coarse similarity heat-map, the maximum over landmarks). Runs on the accelerator when present.
+coarse similarity heat-map, the maximum over landmarks). ``--size 0`` (default) works at the view
+size the checkpoint was trained at: the features, and the patch-grid kernel, are learnt at that
+scale. Runs on the accelerator when present.
 Exit status 0, or 2 with a one-line error on bad input.
 """
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 
 
 from ldisc.apps.landmarks import LocalizeConfig, Localizer
-from ldisc.apps.model_io import image_batches, list_images, load_ld_model, pick_device, read_rgb
+from ldisc.apps.model_io import FEATURES, image_batches, list_images, load_ld_model, pick_device, read_rgb
 from ldisc.apps.overlay import heat_overlay
 from ldisc.cli_args import add_version
 
@@ -48,24 +51,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--images", required=True, nargs="+", help="query images or folders of images")
     p.add_argument("--out", required=True, help="output folder")
     d = LocalizeConfig()
-    p.add_argument("--size", type=int, default=d.size, help="working resolution (px)")
+    p.add_argument("--size", type=int, default=0, help="working resolution (px; 0: the checkpoint's view size)")
     p.add_argument("--grid", type=int, default=d.grid, help="patch grid of pretraining (kernel = size/grid)")
     p.add_argument("--sigma", type=float, default=d.sigma, help="center-sensitive sigma (units of the kernel side)")
     p.add_argument("--pooling", choices=("center", "mean"), default=d.pooling)
     p.add_argument("--levels", type=int, default=d.levels, help="coarse-to-fine levels")
     p.add_argument("--batch", type=int, default=d.batch, help="images per forward pass")
+    p.add_argument("--mirror", action="store_true", help="also score each query's mirror image (left/right eyes)")
+    p.add_argument("--features", choices=FEATURES, default=d.features,
+                   help="embedding (the paper's) | hypercolumn (+ every encoder/decoder map)")
     p.add_argument("--device", default="auto", help="auto (accelerator when present) | cpu | cuda")
     p.add_argument("--no-overlays", action="store_true")
     return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> Path:
-    cfg = LocalizeConfig(args.size, args.grid, args.sigma, args.pooling, args.levels, args.batch)
-    if cfg.size < 16 or cfg.levels < 1 or cfg.batch < 1 or not cfg.sigma > 0:
-        raise ValueError("need --size >= 16, --levels >= 1, --batch >= 1 and --sigma > 0")
+    if (args.size and args.size < 16) or args.levels < 1 or args.batch < 1 or not args.sigma > 0:
+        raise ValueError("need --size 0 or >= 16, --levels >= 1, --batch >= 1 and --sigma > 0")
     landmarks = read_landmarks(args.landmarks)
     files = list_images(args.images)
     loaded = load_ld_model(args.checkpoint, pick_device(args.device))
+    cfg = LocalizeConfig(args.size or loaded.train_size, args.grid, args.sigma, args.pooling, args.levels, args.batch,
+                         args.features, args.mirror)
     localizer = Localizer(loaded.net, read_rgb(args.template), landmarks, cfg)
     out = Path(args.out)
     (out / "overlays").mkdir(parents=True, exist_ok=True)

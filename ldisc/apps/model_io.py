@@ -54,7 +54,9 @@ def load_ld_model(checkpoint: str | Path, device: str | torch.device = "cpu") ->
     width = cfg.model.width if cfg is not None else _width_from_state(state)
     embed_dim = int(cfg.model.embed_dim) if cfg is not None else 32
     clusters = int(cfg.model.clusters) if cfg is not None and any(k.startswith("cluster.") for k in state) else 0
-    net = LDNet(width, embed_dim, clusters)
+    first_conv = next(v for k, v in state.items() if k.startswith("encoder.") and v.ndim == 4)
+    decoder = {"decoder": str(cfg.model.decoder)} if cfg is not None and "decoder" in cfg.model else {}
+    net = LDNet(width, embed_dim, clusters, in_channels=int(first_conv.shape[1]), **decoder)   # X-ray: 1 channel
     net.load_state_dict(state)
     modality = str(cfg.data.get("modality", "fundus")) if cfg is not None else "fundus"
     size = int(cfg.data.get("view_side", cfg.data.get("size", 256))) if cfg is not None else 256   # size: before the rename
@@ -117,6 +119,39 @@ def embed(net: LDNet, x: torch.Tensor, batch: int = 8) -> tuple[torch.Tensor, to
         if out.masks is not None:
             masks.append(out.masks.float())
     return torch.cat(embs), (torch.cat(masks) if masks else None)
+
+
+FEATURES = ("embedding", "hypercolumn")
+
+
+@torch.no_grad()
+def feature_maps(net: LDNet, x: torch.Tensor, features: str = "embedding", batch: int = 8) -> dict[str, torch.Tensor]:
+    """(N, 3, S, S) inputs → named feature maps of one forward pass, each (N, C, h, w) at its own stride.
+
+    ``embedding``: ``{"embedding"}``, the unit LD pixel embedding (the paper's). ``hypercolumn``: also
+    every encoder level (``enc0`` … at strides 1, 2, 4, …) and every decoder stage (``dec0`` …, deepest
+    first), read with forward hooks, so a pixel is described at every scale the network sees.
+    """
+    if features not in FEATURES:
+        raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
+    device = next(net.parameters()).device
+    parts: dict[str, list[torch.Tensor]] = {}
+    grabbed: dict[str, torch.Tensor] = {}
+    hooks = []
+    if features == "hypercolumn":
+        hooks.append(net.encoder.register_forward_hook(
+            lambda m, i, out: grabbed.update({f"enc{j}": f for j, f in enumerate(out)})))
+        for j, up in enumerate(net.decoder.ups):
+            hooks.append(up.register_forward_hook(lambda m, i, out, j=j: grabbed.update({f"dec{j}": out})))
+    try:
+        for chunk in x.split(batch):
+            grabbed["embedding"] = net(chunk.to(device)).embedding
+            for name, value in grabbed.items():
+                parts.setdefault(name, []).append(value.float())
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: torch.cat(v) for name, v in parts.items()}
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -11,6 +11,11 @@ Readouts (``--readout``):
 
 Fundus images: only pixels inside the field of view (the shared preprocessing's rule,
 :func:`ldisc.preprocess.field_of_view_mask`) can be foreground. Masks come back at each input's size.
+
+``threshold``: a number (default 0.5, the plain reading of "threshold mask 0") or ``"otsu"`` — per
+image, Otsu's threshold of the foreground probability over the pixels inside the field of view
+(relative to what the network outputs on that image: a briefly trained mask 0 stays near 1/K
+everywhere, and a fixed 0.5 then reads out nothing).
 The baseline :func:`frangi_otsu` is a Frangi vesselness filter (dark ridges of the green channel)
 thresholded by Otsu's method inside the field of view (scikit-image).
 """
@@ -26,6 +31,30 @@ from ldisc.objectives.region import region_features
 from ldisc.preprocess import NoFieldOfView, field_of_view_mask
 
 READOUTS = ("mask0", "prototype")
+OTSU = "otsu"
+
+
+def parse_threshold(value: str | float) -> float | str:
+    """``"otsu"`` or a number in (0, 1); anything else is a ValueError."""
+    if str(value).lower() == OTSU:
+        return OTSU
+    t = float(value)
+    if not 0 < t < 1:
+        raise ValueError(f"threshold must be in (0, 1) or 'otsu', got {value!r}")
+    return t
+
+
+def binarize(prob: np.ndarray, inside: np.ndarray, threshold: float | str) -> np.ndarray:
+    """prob ≥ threshold inside the field of view; ``"otsu"``: Otsu's threshold of prob over the FOV."""
+    if threshold == OTSU:
+        from skimage.filters import threshold_otsu
+
+        values = prob[inside]
+        if values.size == 0 or values.max() <= values.min():
+            return np.zeros(prob.shape, bool)
+        threshold = threshold_otsu(values)
+        return inside & (prob > threshold)
+    return inside & (prob >= threshold)
 
 
 def fov(rgb: np.ndarray, modality: str = "fundus") -> np.ndarray:
@@ -56,7 +85,7 @@ def cluster0_probability(emb: torch.Tensor, masks: torch.Tensor, readout: str,
 
 @torch.no_grad()
 def segment(net: LDNet, images: list[np.ndarray], readout: str = "mask0", size: int = 256,
-            threshold: float = 0.5, centres: torch.Tensor | None = None, modality: str = "fundus",
+            threshold: float | str = 0.5, centres: torch.Tensor | None = None, modality: str = "fundus",
             batch: int = 8) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """(binary masks, probabilities), each at its image's size, for uint8 H×W×3 images."""
     if net.cluster is None:
@@ -68,8 +97,9 @@ def segment(net: LDNet, images: list[np.ndarray], readout: str = "mask0", size: 
     for im, p in zip(images, prob):
         h, w = im.shape[:2]
         full = F.interpolate(p[None, None].cpu(), size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
-        full = full * fov(im, modality)
-        out_masks.append(full >= threshold)
+        inside = fov(im, modality)
+        full = full * inside
+        out_masks.append(binarize(full, inside, threshold))
         out_probs.append(full)
     return out_masks, out_probs
 

@@ -1,7 +1,7 @@
 """``ldisc-segment``: vessel (or any cluster-0) masks from a shape-guided stage-2 checkpoint.
 
     ldisc-segment --checkpoint RUN/checkpoints/step_N --images DIR_OR_FILES… --out DIR \
-                  [--readout mask0|prototype] [--size 256] [--threshold 0.5]
+                  [--readout mask0|prototype] [--size 256] [--threshold 0.5|otsu]
 
 Writes ``DIR/masks/<image>.png`` (0/255, at the input image's size), ``DIR/overlays/<image>.png``
 (mask painted over the image) and ``DIR/segment.json`` (settings, foreground fraction per image).
@@ -19,8 +19,8 @@ from PIL import Image
 
 from ldisc.apps.model_io import image_batches, list_images, load_ld_model, pick_device
 from ldisc.apps.overlay import mask_overlay
-from ldisc.apps.segment import READOUTS, segment
 from ldisc.cli_args import add_version
+from ldisc.apps.segment import READOUTS, parse_threshold, segment
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,7 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--readout", choices=READOUTS, default="mask0")
     p.add_argument("--size", type=int, default=0, help="working resolution (0: the checkpoint's view size)")
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threshold", default="0.5",
+                   help="a number in (0, 1), or otsu: per image, Otsu's threshold inside the field of view")
     p.add_argument("--modality", choices=("auto", "fundus", "xray"), default="auto",
                    help="fundus restricts masks to the field of view (auto: the checkpoint's modality)")
     p.add_argument("--batch", type=int, default=8)
@@ -39,8 +40,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> Path:
-    if not 0 < args.threshold < 1 or args.batch < 1 or (args.size and args.size < 16):
-        raise ValueError("need 0 < --threshold < 1, --batch >= 1 and --size 0 or >= 16")
+    if args.batch < 1 or (args.size and args.size < 16):
+        raise ValueError("need --batch >= 1 and --size 0 or >= 16")
+    try:
+        threshold = parse_threshold(args.threshold)
+    except ValueError:
+        raise ValueError(f"--threshold must be a number in (0, 1) or otsu, got {args.threshold!r}") from None
     files = list_images(args.images)
     loaded = load_ld_model(args.checkpoint, pick_device(args.device))
     size = args.size or loaded.train_size
@@ -50,13 +55,13 @@ def run(args: argparse.Namespace) -> Path:
         (out / sub).mkdir(parents=True, exist_ok=True)
     fractions, skipped = {}, {}
     for chunk, images in image_batches(files, args.batch, skipped, "ldisc-segment"):
-        masks, _ = segment(loaded.net, images, args.readout, size, args.threshold, loaded.prototypes, modality,
+        masks, _ = segment(loaded.net, images, args.readout, size, threshold, loaded.prototypes, modality,
                            args.batch)
         for f, im, m in zip(chunk, images, masks):
             Image.fromarray(m.astype(np.uint8) * 255).save(out / "masks" / f"{f.stem}.png")
             mask_overlay(im, m).save(out / "overlays" / f"{f.stem}.png")
             fractions[f.name] = round(float(m.mean()), 5)
-    report = {"checkpoint": str(loaded.path), "readout": args.readout, "size": size, "threshold": args.threshold,
+    report = {"checkpoint": str(loaded.path), "readout": args.readout, "size": size, "threshold": threshold,
               "modality": modality, "stored_prototypes": loaded.prototypes is not None,
               "foreground_fraction": fractions, "skipped": skipped}
     (out / "segment.json").write_text(json.dumps(report, indent=1))

@@ -1,7 +1,8 @@
 """The bank of a run from the ``bank`` config group, and the one call that feeds it after a step.
 
     bank = build_bank(cfg.bank, collective, dim=cfg.model.embed_dim, device=device)
-    keys = build_key_encoder(cfg.bank, model, grid=cfg.objective.grid)      # None: online vectors
+    keys = build_key_encoder(cfg.bank, model, cfg.objective.grid, cfg.objective.patch_pooling,
+                             cfg.objective.center_sigma)          # None: online vectors
     ...
     losses = objective(model, batch, bank_negatives=bank.bank_negatives())
     engine.step(losses.total)
@@ -31,12 +32,14 @@ def build_bank(cfg, collective: Collective, dim: int, device: torch.device | str
     return ShardedMemoryBank(_bank_config(cfg).entries, dim, collective, device)
 
 
-def build_key_encoder(cfg, model: nn.Module, grid: int) -> EMAKeyEncoder | None:
-    """An EMA key encoder when the bank is on and ``ema_momentum`` > 0, else None."""
+def build_key_encoder(cfg, model: nn.Module, grid: int, pooling: str = "mean",
+                      sigma: float = 0.25) -> EMAKeyEncoder | None:
+    """An EMA key encoder when the bank is on and ``ema_momentum`` > 0, else None; it pools its patch
+    vectors like the objective (``pooling``/``sigma`` = ``objective.patch_pooling``/``center_sigma``)."""
     bank = _bank_config(cfg)
     if bank.entries == 0 or bank.ema_momentum == 0.0:
         return None
-    return EMAKeyEncoder(model, bank.ema_momentum, grid)
+    return EMAKeyEncoder(model, bank.ema_momentum, grid, pooling, sigma)
 
 
 def feed_bank(bank: ShardedMemoryBank, patch_vectors: torch.Tensor, batch: dict[str, torch.Tensor],

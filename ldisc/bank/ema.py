@@ -5,8 +5,9 @@ After each optimiser step ``update(model)`` sets, for every parameter,
     θ_key ← m · θ_key + (1 − m) · θ_online
 
 and copies the buffers (BatchNorm running statistics). ``encode_patches(batch)`` returns the L_pd
-patch vectors of the batch's four views — the same vectors, in the same order, as
-``StepLosses.patch_vectors`` — computed with θ_key, without gradients, BatchNorm in eval mode (its
+patch vectors of the batch's four views — the same vectors, in the same order, pooled the same way
+(``objective.patch_pooling`` / ``center_sigma`` through :func:`ldisc.objectives.patches.pool_patches`),
+as ``StepLosses.patch_vectors`` — computed with θ_key, without gradients, BatchNorm in eval mode (its
 running statistics; no batch statistics, so nothing depends on how the batch is split over ranks).
 m = 0 would make the keys the online network's: the bank then takes ``StepLosses.patch_vectors``
 directly and no key encoder is built (:func:`ldisc.bank.build.build_key_encoder`).
@@ -21,14 +22,16 @@ import copy
 import torch
 from torch import nn
 
-from ldisc.objectives.patches import PATCH_ORDER, align_second_views, patch_grid, patch_vectors
+from ldisc.objectives.patches import PATCH_ORDER, align_second_views, patch_vectors, pool_patches
 
 
 class EMAKeyEncoder:
-    def __init__(self, model: nn.Module, momentum: float, grid: int = 8):
+    def __init__(self, model: nn.Module, momentum: float, grid: int = 8, pooling: str = "mean",
+                 sigma: float = 0.25):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"EMA momentum must be in [0, 1), got {momentum}")
         self.momentum, self.grid = float(momentum), int(grid)
+        self.pooling, self.sigma = str(pooling), float(sigma)
         self.model = copy.deepcopy(model).requires_grad_(False).eval()
 
     @torch.no_grad()
@@ -46,7 +49,7 @@ class EMAKeyEncoder:
         """(4·B·G², D) unit patch vectors of the batch with the EMA weights (no mixup view)."""
         b = batch[PATCH_ORDER[0]].shape[0]
         embedding = self.model(torch.cat([batch[k] for k in PATCH_ORDER])).embedding
-        grids = dict(zip(PATCH_ORDER, patch_grid(embedding, self.grid).split(b)))
+        grids = dict(zip(PATCH_ORDER, pool_patches(embedding, self.grid, self.pooling, self.sigma).split(b)))
         return patch_vectors(align_second_views(grids, batch))
 
     def state_dict(self) -> dict:

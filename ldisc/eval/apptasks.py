@@ -3,12 +3,18 @@ LD network itself (no downstream training), on fixed synthetic images.
 
 - ``synth_fundus_landmarks`` / ``synth_xray_landmarks``: the template is ``generate(modality,
   base + seed)`` (so seeds vary the template), the test images ``generate(modality, base + TEST_OFFSET
-  + i)``; landmarks from the generator. Methods: ``center`` (center-sensitive kernel, coarse-to-fine),
-  ``flat`` (box kernel: the paper's plain average, same search), ``ncc`` (learning-free normalised
-  cross-correlation of intensities). Scores: mean radial error (px, % of width), success within
-  2/4/8 % of the width.
-- ``synth_fundus_vessel_unsup``: Dice of the readout (``mask0``, ``prototype``; ``frangi`` = Frangi
-  + Otsu baseline) against the generator's vessel masks, which no shape-guided run ever trains on.
+  + i)``; landmarks from the generator. Methods (:data:`LANDMARK_METHODS`): ``center``
+  (center-sensitive kernel on the LD embedding, coarse-to-fine: the paper's), ``flat`` (box kernel,
+  same search), ``mirror`` (``center`` + the test-time mirror image), ``hypercolumn`` (``mirror`` on
+  every encoder/decoder map), ``ncc`` (learning-free normalised cross-correlation of intensities).
+  The network works at ``data.work_size`` px, by default the view size the checkpoint was trained
+  at (its features are learnt at that scale; the random network: the image size); NCC at
+  ``data.work_size`` or the image size. Scores: mean radial error (px, % of the image width),
+  success within 2/4/8 % of the width.
+- ``synth_fundus_vessel_unsup``: Dice of the readout (:data:`SEGMENT_METHODS`: ``mask0`` and
+  ``prototype`` at threshold 0.5, ``mask0_otsu`` and ``prototype_otsu`` at Otsu's threshold inside
+  the field of view; ``frangi`` = Frangi + Otsu baseline) against the generator's vessel masks, which
+  no shape-guided run ever trains on; the network at ``data.work_size`` or its training view size.
 
 The network is the checkpoint's full LD model (``model.pt`` beside the encoder file), or a randomly
 initialised one for ``random``.
@@ -25,9 +31,9 @@ import numpy as np
 import torch
 
 from ldisc.apps.landmarks import LocalizeConfig, Localizer, ncc_localize
-from ldisc.apps.model_io import load_ld_model, random_ld_model, recalibrate_bn, to_input
-from ldisc.apps.segment import frangi_otsu, segment
-from ldisc.eval.runs import RunSpec, _now, base_row, protocol_columns, versions
+from ldisc.apps.model_io import LoadedModel, load_ld_model, random_ld_model, recalibrate_bn, to_input
+from ldisc.apps.segment import OTSU, frangi_otsu, segment
+from ldisc.eval.runs import RANDOM, RunSpec, _now, base_row, protocol_columns, versions
 from ldisc.eval.scores import dice_per_image, iou_per_image, landmark_scores
 from ldisc.eval.synthetic import SEEDS_PER_TWIN, TEST_OFFSET, SEED_BASE
 from ldisc.eval.tasks import APP_TASKS, Task, get_task
@@ -52,13 +58,24 @@ def _rgb(image: np.ndarray) -> np.ndarray:
     return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
 
 
-def app_network(spec: RunSpec, clusters: int, images: list[np.ndarray], size: int):
-    """The checkpoint's LD network, or a random one (``random``; ``clusters`` for segmentation) whose
-    BatchNorm statistics are those of the task's images (see :func:`recalibrate_bn`)."""
+# readout and threshold of the segmentation methods (``frangi`` is the classical baseline)
+SEGMENT_METHODS: dict[str, tuple[str, float | str]] = {
+    "mask0": ("mask0", 0.5), "prototype": ("prototype", 0.5), "mask0_otsu": ("mask0", OTSU),
+    "prototype_otsu": ("prototype", OTSU)}
+# localizer settings of the landmark methods (``ncc`` is the learning-free baseline)
+LANDMARK_METHODS: dict[str, dict] = {"center": {}, "flat": {"pooling": "mean"}, "mirror": {"mirror": True},
+                                     "hypercolumn": {"mirror": True, "features": "hypercolumn"}}
+
+
+def app_network(spec: RunSpec, clusters: int, images: list[np.ndarray], size: int) -> LoadedModel:
+    """The checkpoint's LD network, or a random one (``random``; ``clusters`` for segmentation; its
+    "view size" is ``size``) whose BatchNorm statistics are those of the task's images at ``size``
+    (see :func:`recalibrate_bn`)."""
     if spec.checkpoint.path is None:
         net = random_ld_model(spec.data.get("random_width", "tiny"), clusters, spec.seed)
-        return recalibrate_bn(net, torch.cat([to_input(_rgb(im), size) for im in images]))
-    return load_ld_model(Path(spec.checkpoint.path).parent).net
+        net = recalibrate_bn(net, torch.cat([to_input(_rgb(im), size) for im in images]))
+        return LoadedModel(net, "fundus", size, None, Path(RANDOM))
+    return load_ld_model(Path(spec.checkpoint.path).parent)
 
 
 def run_landmarks(spec: RunSpec, task: Task, size: int) -> tuple[dict, list]:
@@ -67,11 +84,13 @@ def run_landmarks(spec: RunSpec, task: Task, size: int) -> tuple[dict, list]:
     tests = _samples(task, base + TEST_OFFSET, _n_test(spec, task), size)
     images = [_rgb(s.image) for s in tests]
     truth = np.array([[s.landmarks[k] for k in template.landmarks] for s in tests])
+    work = int(spec.data.get("work_size") or 0)
     if spec.protocol == "ncc":
-        pred = np.stack(ncc_localize(_rgb(template.image), template.landmarks, images, size))
+        pred = np.stack(ncc_localize(_rgb(template.image), template.landmarks, images, work or size))
     else:
-        cfg = LocalizeConfig(size=size, pooling="center" if spec.protocol == "center" else "mean")
-        loc = Localizer(app_network(spec, 0, [template.image, *images], size), _rgb(template.image), template.landmarks, cfg)
+        model = app_network(spec, 0, [template.image, *images], work or size)
+        cfg = LocalizeConfig(size=work or model.train_size, **LANDMARK_METHODS[spec.protocol])
+        loc = Localizer(model.net, _rgb(template.image), template.landmarks, cfg)
         pred = np.stack([p.xy for p in loc.predict(images)])
     return landmark_scores(pred, truth, size) | {"n_test": len(tests), "n_train": 1}, []
 
@@ -83,9 +102,10 @@ def run_segmentation(spec: RunSpec, task: Task, size: int) -> tuple[dict, list]:
     if spec.protocol == "frangi":
         masks = [frangi_otsu(im) for im in images]
     else:
-        loaded = None if spec.checkpoint.path is None else load_ld_model(Path(spec.checkpoint.path).parent)
-        net = app_network(spec, 8, images, size) if loaded is None else loaded.net
-        masks, _ = segment(net, images, spec.protocol, size, centres=loaded.prototypes if loaded else None)
+        work = int(spec.data.get("work_size") or 0)
+        model = app_network(spec, 8, images, work or size)
+        readout, threshold = SEGMENT_METHODS[spec.protocol]
+        masks, _ = segment(model.net, images, readout, work or model.train_size, threshold, model.prototypes)
     pred = torch.as_tensor(np.stack(masks)).float()
     dice, iou = dice_per_image(pred, truth), iou_per_image(pred, truth)
     overlays = [{"name": f"seed{app_seed_base(task) + TEST_OFFSET + i}", "image": images[i],

@@ -149,7 +149,8 @@ def expand_tasks(names) -> list[Task]:
 
 # -- application tasks: read out of the LD network itself, no downstream training (ldisc.eval.apptasks) --
 # Their "protocols" are the methods compared: landmarks by mean radial error, segmentation by Dice.
-APP_METHODS: dict[str, tuple[str, ...]] = {"mre": ("center", "flat", "ncc"), "dice": ("mask0", "prototype", "frangi")}
+APP_METHODS: dict[str, tuple[str, ...]] = {"mre": ("center", "flat", "mirror", "hypercolumn", "ncc"),
+                                           "dice": ("mask0", "prototype", "mask0_otsu", "prototype_otsu", "frangi")}
 _APPS = [
     ("synth_fundus_landmarks", "fundus", "landmarks", "synthetic fundus: disc centre, fovea (one template)", "mre"),
     ("synth_xray_landmarks", "xray", "landmarks", "synthetic chest X-ray: apices, costophrenic angles, carina", "mre"),

@@ -107,7 +107,8 @@ class Trainer:
         ocfg = to_dataclass(ObjectiveConfig, self.cfg.objective)
         ocfg.stage = stage
         self.objective = LDObjective(ocfg, self.collective).to(self.device)
-        self.key_encoder = build_key_encoder(self.sections.bank, self._key_source(), ocfg.grid)
+        self.key_encoder = build_key_encoder(self.sections.bank, self._key_source(), ocfg.grid, ocfg.patch_pooling,
+                                             ocfg.center_sigma)
         self.shape_prior = None
         if stage == 2 and ocfg.w_adversarial > 0:
             t = self.sections.train
