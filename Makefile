@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/python -m ldisc.demo --size $(DEMO_SIZE)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ''
