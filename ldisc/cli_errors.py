@@ -26,6 +26,16 @@ def require(module: str, extra: str) -> ModuleType:
         raise MissingExtra(f"{module} is not installed; pip install 'ldisc[{extra}]'") from None
 
 
+def run_or_report(prog: str, run, *args, errors=(FileNotFoundError, ValueError, KeyError)):
+    """``run(*args)``; a user's error (a missing file, a bad value, an unknown name) is one line on stderr
+    and None comes back, for the caller to exit with :data:`USAGE_EXIT`."""
+    try:
+        return run(*args)
+    except errors as err:
+        print(f"{prog}: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr, flush=True)
+        return None
+
+
 def usage_error(prog: str, err: BaseException | str) -> NoReturn:
     message = " ".join(str(err).split()) if str(err) else type(err).__name__
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)

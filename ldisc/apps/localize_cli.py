@@ -24,6 +24,7 @@ from ldisc.apps.landmarks import LocalizeConfig, Localizer
 from ldisc.apps.model_io import FEATURES, image_batches, list_images, load_ld_model, pick_device, read_rgb
 from ldisc.apps.overlay import heat_overlay
 from ldisc.cli_args import add_version
+from ldisc.cli_errors import USAGE_EXIT, run_or_report
 
 
 def read_landmarks(path: str | Path) -> dict[str, tuple[float, float]]:
@@ -93,11 +94,9 @@ def run(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        path = run(args)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"ldisc-localize: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
-        return 2
+    path = run_or_report("ldisc-localize", run, args)
+    if path is None:
+        return USAGE_EXIT
     n = len(json.loads(path.read_text())["images"])
     print(f"ldisc-localize: {n} images → {path}")
     return 0

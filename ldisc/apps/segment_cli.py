@@ -20,6 +20,7 @@ from PIL import Image
 from ldisc.apps.model_io import image_batches, list_images, load_ld_model, pick_device
 from ldisc.apps.overlay import mask_overlay
 from ldisc.cli_args import add_version
+from ldisc.cli_errors import USAGE_EXIT, run_or_report
 from ldisc.apps.segment import READOUTS, parse_threshold, segment
 
 
@@ -70,11 +71,9 @@ def run(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        path = run(args)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"ldisc-segment: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
-        return 2
+    path = run_or_report("ldisc-segment", run, args)
+    if path is None:
+        return USAGE_EXIT
     n = len(json.loads(path.read_text())["foreground_fraction"])
     print(f"ldisc-segment: {n} masks → {path.parent / 'masks'}")
     return 0
