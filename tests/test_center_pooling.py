@@ -95,7 +95,7 @@ def test_ema_key_encoder_pools_like_the_objective():
     batch = {k: torch.randn(2, 3, 32, 32, generator=g) for k in ("x1_1", "x2_1", "x1_2", "x2_2", "mix")}
     batch |= {"flip1": torch.tensor([0, 2]), "rot1": torch.tensor([1, 3]), "flip2": torch.tensor([2, 0]),
               "rot2": torch.tensor([0, 2]), "mix_w": torch.tensor([0.3, 0.6])}
-    keys = build_key_encoder({"size": 64, "ema_momentum": 0.9}, model, 8, "center", 0.25)
+    keys = build_key_encoder({"entries": 64, "ema_momentum": 0.9}, model, 8, "center", 0.25)
     assert (keys.pooling, keys.sigma) == ("center", 0.25)
     center = LDObjective(ObjectiveConfig(patch_pooling="center"))(model, batch).patch_vectors
     flat = LDObjective(ObjectiveConfig())(model, batch).patch_vectors

@@ -85,7 +85,7 @@ def test_fleet_survives_a_killed_worker_and_reruns_nothing(tmp_path):
     print(f"\nfleet of 6 runs with one killed worker: {wall:.1f} s")
     keys = [(r["task"], r["protocol"]) for r in rows]
     record("kill_ray_worker_during_eval", samples_lost=6 - len(set(keys)), duplicates=len(keys) - len(set(keys)),
-           unit="runs", retried=int(_metrics(out)["retried"]), fleet_wall_s=round(wall, 1))
+           unit="runs", retried=int(_metrics(out)["retries"]), fleet_wall_s=round(wall, 1))
 
     before = {r["run_id"]: r["finished_at"] for r in rows}
     again = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)

@@ -21,7 +21,7 @@ def test_webdataset_reads_our_shards(tmp_path):
     src, ds = tmp_path / "src", tmp_path / "ds"
     for i in range(7):
         write_image(src / f"img{i}.png", gray_image(i))
-    ingest(IngestOptions(source=str(src), dataset=str(ds), site="site-a", modality="xray", size=64,
+    ingest(IngestOptions(source=str(src), dataset=str(ds), site="site-a", modality="xray", stored_side=64,
                          shard_samples=3, progress=False), SECRET.encode())
     store = open_store(ds)
     manifest = read_manifest(store)
