@@ -6,6 +6,7 @@ no generator cost, for tests and benchmarks) or ``shards`` (the streaming shard 
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from omegaconf import DictConfig
@@ -54,5 +55,10 @@ def build_validation_source(cfg: DictConfig, rank: int, world_size: int):
             print(f"ldisc: validation off: train.val_fraction={cfg.train.val_fraction} holds out too few "
                   f"samples ({err})", file=sys.stderr)
         return None
+    resolved = getattr(source.position(), "manifest_version", None)
+    if resolved is not None and start.manifest_version is None:
+        # pin the manifest version the probe resolved: validation reads the same batches every time, even
+        # after new shards join the training stream (a later version holds out other, maybe too few, samples)
+        start = dataclasses.replace(start, manifest_version=resolved)
     source.seek(start)
     return source
