@@ -184,9 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = out / "pretrain"
     stream_in(size, out, drops, dataset, run_dir)
 
-    from ldisc.train.checkpoint import best_checkpoint, latest_checkpoint, step_dir_name
+    from ldisc.train.checkpoint import best_checkpoint, best_record, latest_checkpoint, step_dir_name
 
     final, best = latest_checkpoint(run_dir), best_checkpoint(run_dir)
+    if best is not None and (best_record(run_dir) or {}).get("stage") != 2:
+        # validation stopped in stage 1 (a split left below one batch): that best is a stage-1 model, which
+        # the shape-guided tasks cannot read out; the demo evaluates the final stage-2 checkpoint only
+        print(f"--- best checkpoint {best.name} is from stage 1: evaluating the final checkpoint only", flush=True)
+        best = None
     apps = applications(size, out, drops, dataset, final, run_dir / "checkpoints" / step_dir_name(size.stage1))
     checkpoints = [str(final), *([str(best)] if best and best != final else []), "random"]
     eval_dir = out / "eval"
