@@ -18,8 +18,6 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
-	# smp/timm/torchvision for tests/test_export.py, beside site-packages: PyPI's torchvision breaks the CPU torch
-	$(BIN)/pip install -q --no-deps -c constraints.txt --target $(VENV)/interop torchvision segmentation-models-pytorch timm huggingface-hub
 	touch $(STAMP)
 
 demo: $(STAMP)
