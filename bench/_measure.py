@@ -7,8 +7,22 @@ import resource
 import subprocess
 import sys
 
-from ldisc.train.env import CPU_MALLOC_ENV as MALLOC_KEEP  # noqa: F401  (re-exported for the benches)
+from ldisc.malloc import GLIBC_KEEP_ENV, cpu_malloc_env
 from ldisc.train.metrics import current_rss_bytes as rss_bytes  # noqa: F401  (re-exported)
+
+
+def malloc_settings(names: list[str]) -> dict[str, dict[str, str]]:
+    """Allocator settings by name: ``launcher`` (what ``ldisc-launch`` gives its training processes on
+    this machine: tcmalloc where installed, else glibc kept), ``glibc_kept`` (glibc told to keep freed
+    blocks) and ``default`` (glibc as it comes). ``glibc_kept`` is left out where it is the launcher's."""
+    known = {"launcher": cpu_malloc_env("auto"), "glibc_kept": dict(GLIBC_KEEP_ENV), "default": {}}
+    unknown = set(names) - set(known)
+    if unknown:
+        raise SystemExit(f"unknown --malloc {sorted(unknown)}; choose from {list(known)}")
+    out = {n: known[n] for n in names}
+    if "launcher" in out and out.get("glibc_kept") == out["launcher"]:
+        del out["glibc_kept"]
+    return out
 
 
 def peak_rss_bytes() -> int:

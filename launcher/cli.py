@@ -84,7 +84,8 @@ def _local_command(ln) -> tuple[list[str] | None, dict | None]:
         # train.resume=… later on the command line wins)
         return torchrun_command(spec, ["train.resume=auto", *ln.overrides]), launch_env(ln.launch["local"]["threads"])
     if ln.entry == "eval":
-        return [sys.executable, "-m", "ldisc.eval.cli", *ln.overrides], launch_env(ln.launch["local"]["threads"])
+        # the eval fleet starts Ray's own processes: glibc kept, not a preloaded allocator
+        return [sys.executable, "-m", "ldisc.eval.cli", *ln.overrides], launch_env(ln.launch["local"]["threads"], "glibc")
     return None, None
 
 

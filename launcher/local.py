@@ -15,7 +15,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from ldisc.train.env import CPU_MALLOC_ENV, is_loopback
+from ldisc.malloc import cpu_malloc_env
+from ldisc.train.env import is_loopback
 
 
 @dataclass
@@ -47,12 +48,14 @@ def torchrun_command(spec: TorchrunSpec, overrides: list[str], python: str = sys
             "-m", spec.module, *overrides]
 
 
-def launch_env(threads: int | None = None) -> dict[str, str]:
-    """The environment of a CPU-friendly launch: DeepSpeed defaults, malloc that keeps large blocks
-    (unless the caller set its own), and the per-worker thread count."""
+def launch_env(threads: int | None = None, allocator: str | None = None) -> dict[str, str]:
+    """The environment of a CPU-friendly launch: DeepSpeed defaults, an allocator that keeps large
+    blocks (:func:`ldisc.train.env.cpu_malloc_env`: tcmalloc where installed, else glibc told to keep
+    them; ``$LDISC_MALLOC`` or ``allocator`` choose; what the caller set stays), and the per-worker
+    thread count."""
     env = dict(os.environ)
     env.setdefault("DS_BUILD_OPS", "0")
-    for key, value in CPU_MALLOC_ENV.items():
+    for key, value in cpu_malloc_env(allocator).items():
         env.setdefault(key, value)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)

@@ -3,6 +3,8 @@ writable emptyDirs (/tmp, the run dir, memory-backed /dev/shm), all capabilities
 RuntimeDefault, resources as string quantities, credentials only through ``secretKeyRef``."""
 from __future__ import annotations
 
+from ldisc.malloc import GLIBC_KEEP_ENV
+
 from .common import CONFIG_MOUNT
 
 RUN_MOUNT = "/run/ldisc"        # writable run dir when no PVC holds it
@@ -34,9 +36,12 @@ def _secret_env(name: str, secret: str, key: str) -> dict:
 
 
 def env(launch: dict, patient_key: bool = False) -> list[dict]:
-    """Process environment: writable HOME/caches under /tmp, S3 endpoint, and secrets by reference only."""
+    """Process environment: writable HOME/caches under /tmp, glibc told to keep freed blocks (the
+    image-independent allocator setting of :func:`ldisc.train.env.cpu_malloc_env`), S3 endpoint, and
+    secrets by reference only."""
     out = [{"name": "HOME", "value": "/tmp"}, {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
            {"name": "MPLCONFIGDIR", "value": "/tmp/.matplotlib"}, {"name": "PYTHONUNBUFFERED", "value": "1"}]
+    out += [{"name": k, "value": v} for k, v in GLIBC_KEEP_ENV.items()]
     storage = launch["storage"]
     if storage.get("s3_endpoint"):
         out.append({"name": "AWS_ENDPOINT_URL", "value": str(storage["s3_endpoint"])})

@@ -21,13 +21,6 @@ from ldisc.dist import barrier
 from ldisc.cli_errors import require
 
 ENV_CONTRACT = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-# glibc: keep freed large blocks instead of unmapping them. Read only at process start (mallopt later
-# has no effect), so launchers put it into the environment of the processes they start; 2.5-2.7x faster
-# stage-2 steps at 448 px on CPU for ~45% more peak RSS (bench/step.py).
-CPU_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 34), "MALLOC_TRIM_THRESHOLD_": str(1 << 34),
-                  "MALLOC_TOP_PAD_": str(1 << 30)}
-
-
 def deepspeed_env_defaults() -> None:
     """Defaults DeepSpeed reads at import: the CPU accelerator where no CUDA device is present,
     no op builds at install/JIT time. Explicit settings win."""
