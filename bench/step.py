@@ -2,11 +2,14 @@
 speed lever, against this machine's convolution throughput. Prints one JSON object.
 
 The setting is the issue's: stage 2 at 448×448, batch 4 (5×4 images per step), tiny width, 2 threads.
-Each lever runs in its own process (honest peak RSS), once with the launcher's malloc setting
-(``launcher.local.CPU_MALLOC_ENV``) and once with glibc's default:
+Each lever runs in its own process (honest peak RSS), once per allocator setting (``--malloc``):
+``launcher`` — what ``ldisc-launch`` gives training processes on this machine
+(:func:`ldisc.train.env.cpu_malloc_env`: tcmalloc where installed, else glibc kept), ``glibc_kept``
+— glibc told to keep freed blocks, ``default`` — glibc as it comes:
 
 * ``none``: the plain step (today's);
-* ``checkpoint_decoder`` / ``checkpoint_all``: ``engine.activation_checkpointing=decoder|all``;
+* ``checkpoint_decoder`` / ``checkpoint_all`` / ``checkpoint_selective``:
+  ``engine.activation_checkpointing=decoder|all|selective``;
 * ``channels_last``: ``engine.channels_last=true``;
 * ``free_views``: the view images freed once they form the network input (what the trainer does);
 * ``bf16_autocast``: the forward under bf16 autocast, the losses (NCE included) in fp32
@@ -34,18 +37,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import MALLOC_KEEP, peak_rss_bytes, run_isolated  # noqa: E402
+from _measure import malloc_settings, peak_rss_bytes, run_isolated  # noqa: E402
 
 LEVERS = {"none": {}, "checkpoint_decoder": {"checkpointing": "decoder"}, "checkpoint_all": {"checkpointing": "all"},
-          "channels_last": {"channels_last": True}, "free_views": {"free_views": True},
+          "checkpoint_selective": {"checkpointing": "selective"}, "channels_last": {"channels_last": True}, "free_views": {"free_views": True},
           "bf16_autocast": {"bf16": True}}
 COMMANDS = {"none": "", "checkpoint_decoder": "engine.activation_checkpointing=decoder",
-            "checkpoint_all": "engine.activation_checkpointing=all", "channels_last": "engine.channels_last=true",
+            "checkpoint_all": "engine.activation_checkpointing=all",
+            "checkpoint_selective": "engine.activation_checkpointing=selective", "channels_last": "engine.channels_last=true",
             "free_views": "(always on in the trainer unless a bank key encoder reads the views)",
             "bf16_autocast": "engine.precision=bf16-autocast"}
 TARGET = {"peak_rss_gb": 6.0, "time_ratio": 1.15, "todays_fastest_seconds": 7.66, "todays_peak_gb_malloc": 15.5,
           "todays_default_malloc": {"seconds": 20.9, "peak_rss_gb": 10.8}}
 GIB24 = 24.0
+MALLOC_KEYS = ("launcher", "glibc_kept", "default")
 # passive OpenMP waiting: on a busy shared CPU, spinning threads make 2-thread steps several times slower
 BENCH_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
@@ -69,7 +74,7 @@ class _Forward:
         self.autocast = ((lambda: torch.autocast(torch.device(device).type, torch.bfloat16)) if bf16
                          else contextlib.nullcontext)
 
-    def __call__(self, x):
+    def __call__(self, x, reduce=None):
         import torch
 
         from ldisc.model import LDOutput
@@ -77,6 +82,8 @@ class _Forward:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.autocast():
+            if reduce is not None:
+                return self.model(x, reduce=reduce)
             out = self.model(x)
         return LDOutput(out.embedding.float(), None if out.masks is None else out.masks.float())
 
@@ -166,7 +173,8 @@ def main() -> None:
     ap.add_argument("--levers", default=",".join(LEVERS), help="comma list of lever rows to run")
     ap.add_argument("--parts", default="levers,largest,bf16,conv",
                     help="comma list: levers (needed by largest and the conv fraction), largest, bf16, conv")
-    ap.add_argument("--malloc", default="keep,default", help="malloc settings per lever: keep (launcher's), default")
+    ap.add_argument("--malloc", default="launcher,glibc_kept,default",
+                    help="allocator settings per lever: launcher (tcmalloc where installed), glibc_kept, default")
     ap.add_argument("--one", help=argparse.SUPPRESS)      # JSON kwargs of measure(), in a fresh process
     ap.add_argument("--conv", nargs=4, type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -190,7 +198,7 @@ def _run(args, env: dict | None = None, **kwargs) -> dict:
     kwargs.setdefault("stage", 2)
     out = run_isolated(__file__, "--one", json.dumps(kwargs), threads=args.threads, timeout=3600,
                        env={**BENCH_ENV, **(env or {})})
-    print(json.dumps({"run": kwargs, "malloc_keep": bool(env), **out}), file=sys.stderr, flush=True)  # progress
+    print(json.dumps({"run": kwargs, "malloc": env or "default", **out}), file=sys.stderr, flush=True)  # progress
     return out
 
 
@@ -229,35 +237,32 @@ def lever_rows(args, size: int, bs: int, native: bool) -> list[dict]:
         raise SystemExit(f"unknown --levers {sorted(unknown)}; choose from {list(LEVERS)}")
     for lever in (k for k in chosen if k != "bf16_autocast" or native):
         kw = dict(LEVERS[lever], size=size, batch_size=bs, flops=lever == chosen[0] and "conv" in args.parts)
-        settings = args.malloc.split(",")
         rows.append({"lever": lever, "command": COMMANDS[lever],
-                     **({"malloc_keep": _run(args, MALLOC_KEEP, **kw)} if "keep" in settings else {}),
-                     **({"default_malloc": _run(args, **kw)} if "default" in settings else {})})
+                     **{name: _run(args, env, **kw) for name, env in malloc_settings(args.malloc.split(",")).items()}})
     if not native and "bf16_autocast" in chosen:
         rows.append({"lever": "bf16_autocast", "command": COMMANDS["bf16_autocast"],
                      "not_run_at_this_size": "this CPU has no native bf16 (oneDNN bf16 unsupported); "
                                              "see bf16_vs_fp32 and conv_limit for the measured slowdown"})
-    fastest = rows[0].get("malloc_keep") or rows[0]["default_malloc"]
     for r in rows:
-        for key in ("malloc_keep", "default_malloc"):
-            if key in r:
-                r[key]["time_ratio_vs_first_row"] = round(r[key]["seconds_per_step"] / fastest["seconds_per_step"], 3)
-                r[key]["cpu_time_ratio_vs_first_row"] = round(
-                    r[key]["cpu_seconds_per_step"] / fastest["cpu_seconds_per_step"], 3)
+        for key in (k for k in MALLOC_KEYS if k in r):
+            fastest = rows[0][key]        # ratios within one allocator setting
+            r[key]["time_ratio_vs_first_row"] = round(r[key]["seconds_per_step"] / fastest["seconds_per_step"], 3)
+            r[key]["cpu_time_ratio_vs_first_row"] = round(
+                r[key]["cpu_seconds_per_step"] / fastest["cpu_seconds_per_step"], 3)
     return rows
 
 
 def target_check(rows: list[dict]) -> dict:
     target = {**TARGET, "rows": {
-        r["lever"]: {"peak_rss_gb": r["malloc_keep"]["peak_rss_gb"],
-                     "time_ratio": r["malloc_keep"]["time_ratio_vs_first_row"],
-                     "cpu_time_ratio": r["malloc_keep"]["cpu_time_ratio_vs_first_row"],
-                     "meets_memory": r["malloc_keep"]["peak_rss_gb"] <= TARGET["peak_rss_gb"],
-                     "meets_time_cpu": r["malloc_keep"]["cpu_time_ratio_vs_first_row"] <= TARGET["time_ratio"],
+        r["lever"]: {"peak_rss_gb": r["launcher"]["peak_rss_gb"],
+                     "time_ratio": r["launcher"]["time_ratio_vs_first_row"],
+                     "cpu_time_ratio": r["launcher"]["cpu_time_ratio_vs_first_row"],
+                     "meets_memory": r["launcher"]["peak_rss_gb"] <= TARGET["peak_rss_gb"],
+                     "meets_time_cpu": r["launcher"]["cpu_time_ratio_vs_first_row"] <= TARGET["time_ratio"],
                      # process CPU time / threads ≈ the wall time of an idle machine: against today's 7.66 s
-                     "cpu_seconds_vs_todays_fastest": round(r["malloc_keep"]["cpu_seconds_per_step"]
+                     "cpu_seconds_vs_todays_fastest": round(r["launcher"]["cpu_seconds_per_step"]
                                                             / TARGET["todays_fastest_seconds"], 3)}
-        for r in rows if "malloc_keep" in r}}    # the target is with the launcher's malloc setting
+        for r in rows if "launcher" in r}}    # the target is with the launcher's malloc setting
     target["met_by"] = [k for k, v in target["rows"].items() if v["meets_memory"] and v["meets_time_cpu"]]
     return target
 
@@ -265,10 +270,9 @@ def target_check(rows: list[dict]) -> dict:
 def largest_batches(args, size: int, bs: int, by: dict) -> dict:
     b_small = 1
     out = {"method": f"linear in batch from peak RSS measured at batch {b_small} and {bs}, {size} px"}
-    for lever in (k for k in ("none", "checkpoint_all") if k in by):
-        for key, env in (("malloc_keep", MALLOC_KEEP), ("default_malloc", None)):
-            if key not in by[lever]:
-                continue
+    settings = malloc_settings(args.malloc.split(","))
+    for lever in (k for k in ("none", "checkpoint_all", "checkpoint_selective") if k in by):
+        for key, env in settings.items():
             small = _run(args, env, size=size, batch_size=b_small, steps=1, **LEVERS[lever])
             out[f"{lever}/{key}"] = {f"peak_rss_gb_at_batch_{b_small}": small["peak_rss_gb"],
                                      f"peak_rss_gb_at_batch_{bs}": by[lever][key]["peak_rss_gb"],
@@ -326,9 +330,9 @@ def cpu_report(args, size: int, bs: int) -> dict:
             conv = out["conv_limit"] = conv_job.result()
             if "levers" in parts:
                 ref = rows[0]
-                step_gflop = (ref.get("malloc_keep") or ref["default_malloc"])["step_gflop"]
+                step_gflop = next(ref[k] for k in MALLOC_KEYS if k in ref)["step_gflop"]
                 conv["step_row"] = ref["lever"]
-                for key in (k for k in ("malloc_keep", "default_malloc") if k in ref):
+                for key in (k for k in MALLOC_KEYS if k in ref):
                     r = ref[key]
                     conv[f"achieved_fraction_fp32_{key}"] = {
                         "wall": round(step_gflop / r["seconds_per_step"] / conv["fp32"]["gflops_per_second"], 3),
@@ -340,7 +344,7 @@ def cpu_report(args, size: int, bs: int) -> dict:
             "load_average_start_end": [round(x, 1) for x in load],
             "note": "shared, loaded machine: wall times are noisy; cpu_seconds (process CPU time / threads) and "
                     "ratios within this run are the figures to compare",
-            "malloc_keep_env": MALLOC_KEEP, **out}
+            "malloc_settings": malloc_settings(args.malloc.split(",")), **out}
 
 
 if __name__ == "__main__":

@@ -60,10 +60,10 @@ def test_sharpen_and_area_loss_and_region_views():
     collapsed[:, 0] = 1
     assert area_loss(collapsed).item() == pytest.approx(3.0)             # K − 1
     emb, masks = torch.randn(10, 2, 4, 4), torch.rand(10, 3, 4, 4)
-    e4, m4 = region_views(emb, masks, 2, "augmented")
+    e4, m4 = region_views(emb, masks, pairs=2, which="augmented")
     assert e4.shape[0] == m4.shape[0] == 8 and torch.equal(m4, masks[:8])
     with pytest.raises(ValueError, match="region_views"):
-        region_views(emb, masks, 2, "three")
+        region_views(emb, masks, pairs=2, which="three")
 
 
 def test_picture_has_one_row_per_image_and_k_plus_2_columns(tmp_path):

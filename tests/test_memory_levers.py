@@ -61,7 +61,7 @@ def test_checkpointing_off_in_eval_and_unknown_mode_rejected():
     out.embedding.sum().backward()
     assert calls == [1]                       # eval mode: no checkpoint, no recomputation
     assert compose("pretrain", ["run_dir=/unused"]).engine.activation_checkpointing == "none"
-    assert CHECKPOINTING == ("none", "decoder", "all")
+    assert CHECKPOINTING == ("none", "decoder", "all", "selective")
     with pytest.raises(ValueError, match="activation_checkpointing"):
         set_activation_checkpointing(model, "encoder")
 
@@ -72,10 +72,10 @@ def test_channels_last_gives_the_same_losses():
     objective = LDObjective(ObjectiveConfig(stage=2))
     plain = objective(model, dict(batch))
 
-    def nhwc(x):
+    def nhwc(x, reduce):
         out = model(x.contiguous(memory_format=torch.channels_last))
         assert out.embedding.is_contiguous(memory_format=torch.channels_last)
-        return out
+        return reduce(out.embedding, out.masks)
 
     last = objective(nhwc, dict(batch))
     for k, v in plain.terms.items():
@@ -102,21 +102,23 @@ class _Dtypes(TorchFunctionMode):
         return out
 
 
-def test_bf16_autocast_engine_keeps_the_losses_in_fp32():
+@pytest.mark.parametrize("checkpointing", ["decoder", "selective"])
+def test_bf16_autocast_engine_keeps_the_losses_in_fp32(checkpointing):
     from ldisc.config_schema import pretrain_sections
     from ldisc.train.ds_config import build_ds_config
     from ldisc.train.engine import Engine
     from ldisc.train.env import init_distributed, single_process_env
 
     cfg = compose("pretrain", ["run_dir=/unused", "engine.precision=bf16-autocast", "train.batch_size=2",
-                               "engine.activation_checkpointing=decoder"])
+                               f"engine.activation_checkpointing={checkpointing}"])
     with single_process_env():
         info = init_distributed("auto")
         sections = pretrain_sections(cfg)
         engine = Engine(LDNet("tiny", 32, 4), sections.engine, build_ds_config(sections.engine, sections.train, 1), info)
-        assert engine.module.checkpoint_heads and not engine.module.encoder.checkpoint
+        assert engine.module.checkpoint_heads == (checkpointing == "decoder")
+        assert engine.module.chunked_heads == (checkpointing == "selective")
         with _Dtypes() as seen:
-            result = LDObjective(ObjectiveConfig(stage=2))(engine, _batch())
+            result = LDObjective(ObjectiveConfig(stage=2))(engine, _batch(), keep_masks=True)
             engine.backward(result.total)
         engine.destroy()
     assert seen.conv == {torch.bfloat16}                         # the network ran under bf16 autocast

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ldisc.model.checkpointing import run_segment
+from ldisc.model.chunked_heads import heads_by_chunks
 from ldisc.model.decoder import ClusterHead, EmbeddingHead, UNetDecoder
 from ldisc.model.encoder import VGGEncoder
 from ldisc.model.header import FORMAT, EncoderHeader, encoder_header
@@ -25,8 +27,14 @@ class LDOutput:
 class LDNet(nn.Module):
     """``in_channels``: 3 (fundus) or 1 (X-ray); ``decoder``: ``authors`` | ``ldisc`` (see
     :mod:`ldisc.model.decoder`); ``init``: ``kaiming`` | ``torch`` (see :mod:`ldisc.model.init`).
-    Activation checkpointing: :func:`ldisc.model.checkpointing.set_activation_checkpointing`."""
+    Activation checkpointing: :func:`ldisc.model.checkpointing.set_activation_checkpointing`.
+
+    ``forward(x)`` gives the full-resolution :class:`LDOutput`; ``forward(x, reduce=f)`` gives
+    ``f(embedding, masks)``, the per-image quantities a loss reads (a dict of tensors, batch first) —
+    computed chunk by chunk in training under ``selective`` checkpointing
+    (:mod:`ldisc.model.chunked_heads`), at once otherwise."""
     checkpoint_heads = False
+    chunked_heads = False
 
     def __init__(self, width: str = "tiny", embed_dim: int = 32, clusters: int = 0, in_channels: int = 3,
                  decoder: str = "authors", init: str = "kaiming"):
@@ -37,11 +45,15 @@ class LDNet(nn.Module):
         self.embed = EmbeddingHead(c, embed_dim, style=decoder, init=init)
         self.cluster = ClusterHead(c, clusters, style=decoder, init=init) if clusters > 0 else None
 
-    def forward(self, x: torch.Tensor) -> LDOutput:
-        h = self.decoder(self.encoder(x))
+    def forward(self, x: torch.Tensor, reduce: Callable[[torch.Tensor, torch.Tensor | None], dict] | None = None):
+        feats = self.encoder(x)
+        if reduce is not None and self.chunked_heads and self.training and torch.is_grad_enabled():
+            return heads_by_chunks(self, self.decoder.stages(feats), feats[0], reduce)
+        h = self.decoder(feats)
         on = self.checkpoint_heads
-        return LDOutput(run_segment(self.embed, h, enabled=on),
-                        run_segment(self.cluster, h, enabled=on) if self.cluster is not None else None)
+        out = LDOutput(run_segment(self.embed, h, enabled=on),
+                       run_segment(self.cluster, h, enabled=on) if self.cluster is not None else None)
+        return out if reduce is None else reduce(out.embedding, out.masks)
 
 
 def load_stage1(model: LDNet, state: dict[str, torch.Tensor]) -> list[str]:

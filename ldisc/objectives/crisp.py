@@ -29,16 +29,21 @@ def sharpen(masks: torch.Tensor, power: float) -> torch.Tensor:
 
 def area_loss(masks: torch.Tensor) -> torch.Tensor:
     """L_area = K · Σ_k (mean_{b,h,w} m_k − 1/K)²."""
-    k = masks.shape[1]
-    a = masks.mean((0, 2, 3))
-    return k * ((a - 1.0 / k) ** 2).sum()
+    return area_penalty(masks.mean((0, 2, 3)))
 
 
-def region_views(embedding: torch.Tensor, masks: torch.Tensor, pairs: int, which: str):
-    """The (embedding, masks) rows that region discrimination uses: views are stacked in the order
-    of ``ldisc.views.VIEW_KEYS`` (four augmented views, then the mixup image), ``pairs`` rows each."""
+def area_penalty(shares: torch.Tensor) -> torch.Tensor:
+    """L_area from the clusters' mean masks ā (K,): K · Σ_k (ā_k − 1/K)²."""
+    k = shares.shape[0]
+    return k * ((shares - 1.0 / k) ** 2).sum()
+
+
+def region_views(*rows: torch.Tensor, pairs: int, which: str) -> tuple[torch.Tensor, ...]:
+    """The per-image rows (embeddings, masks or per-image reductions of them) that region
+    discrimination uses: views are stacked in the order of ``ldisc.views.VIEW_KEYS`` (four augmented
+    views, then the mixup image), ``pairs`` rows each."""
     if which not in REGION_VIEWS:
         raise ValueError(f"objective.region_views must be one of {REGION_VIEWS}, got {which!r}")
     if which == "augmented":
-        return embedding[: 4 * pairs], masks[: 4 * pairs]
-    return embedding, masks
+        return tuple(r[: 4 * pairs] for r in rows)
+    return rows

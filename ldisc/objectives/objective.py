@@ -22,10 +22,10 @@ from torch import nn
 
 from ldisc.dist import Collective
 from ldisc.objectives.nce import BankNegatives, instance_nce
-from ldisc.objectives.patches import align_second_views, grid_vectors, patch_vectors, pool_patches
-from ldisc.objectives.crisp import REGION_VIEWS, area_loss, region_views, sharpen
-from ldisc.objectives.region import (adversarial_generator_loss, cluster_centres, entropy_loss,
-                                     region_features, region_loss)
+from ldisc.objectives.crisp import REGION_VIEWS, area_penalty, region_views
+from ldisc.objectives.patches import align_second_views, grid_vectors, patch_vectors
+from ldisc.objectives.reductions import PixelReductions
+from ldisc.objectives.region import adversarial_generator_loss, cluster_centres, entropy_from_per_image, region_loss
 from ldisc.views import VIEW_KEYS
 
 
@@ -64,7 +64,7 @@ class StepLosses:
     total: torch.Tensor
     terms: dict[str, torch.Tensor]
     patch_vectors: torch.Tensor            # this rank's L_pd query vectors, detached (for a bank)
-    masks: torch.Tensor | None = None      # cluster masks of all views (for a discriminator step)
+    masks: torch.Tensor | None = None      # cluster masks of all views, detached, with keep_masks
 
 
 def _nce_over_ranks(local: torch.Tensor, collective: Collective, cfg: ObjectiveConfig,
@@ -103,17 +103,21 @@ class LDObjective(nn.Module):
 
     def forward(self, model: nn.Module, batch: dict[str, torch.Tensor],
                 bank_negatives: BankNegatives | None = None, discriminator: nn.Module | None = None,
-                consume_views: bool = False) -> StepLosses:
+                consume_views: bool = False, keep_masks: bool = False) -> StepLosses:
         """``consume_views``: take the five view images out of ``batch`` once they are concatenated
         into the network input, so that they are freed before the forward pass (the caller does not
-        need them after this call)."""
+        need them after this call). ``keep_masks``: return the cluster masks (detached) in
+        :attr:`StepLosses.masks`. ``model(x, reduce=f)`` gives the per-image reductions the losses
+        read (:mod:`ldisc.objectives.reductions`)."""
         cfg = self.cfg
         b = batch["x1_1"].shape[0]
+        adversarial = discriminator is not None and cfg.w_adversarial > 0
+        reduce = PixelReductions(cfg.grid, cfg.patch_pooling, cfg.center_sigma, cfg.stage, cfg.mask_power,
+                                 area=cfg.w_area > 0, mask0=adversarial, keep_masks=keep_masks)
         x = torch.cat([batch.pop(k) if consume_views else batch[k] for k in VIEW_KEYS])
-        out = model(x)
+        out = model(x, reduce=reduce)
         del x
-        pooled = pool_patches(out.embedding, cfg.grid, cfg.patch_pooling, cfg.center_sigma)
-        grids = align_second_views(dict(zip(VIEW_KEYS, pooled.split(b))), batch)
+        grids = align_second_views(dict(zip(VIEW_KEYS, out["grid"].split(b))), batch)
         g11, g21, gmix = grids["x1_1"], grids["x2_1"], grids["mix"]
 
         patch_local = patch_vectors(grids)
@@ -126,23 +130,20 @@ class LDObjective(nn.Module):
 
         total = cfg.w_patch * terms["patch"] + cfg.w_mix * terms["mix"]
         if cfg.stage >= 2:
-            if out.masks is None:
-                raise ValueError("stage 2 needs a model with a clustering branch (model.clusters > 0)")
-            masks = sharpen(out.masks, cfg.mask_power)
-            emb, rmasks = region_views(out.embedding, masks, b, cfg.region_views)
-            r = region_features(emb, rmasks)
+            r, entropy = region_views(out["region"], out["entropy"], pairs=b, which=cfg.region_views)
             protos = self.prototypes if self.prototypes.numel() else None
             centres = cluster_centres(r, self.collective, protos, cfg.prototype_momentum)
             if cfg.prototype_momentum > 0:
                 self.prototypes = centres.detach().clone()
             terms["region"] = region_loss(r, centres, cfg.tau_region)
-            terms["entropy"] = entropy_loss(rmasks, cfg.entropy_base)
+            terms["entropy"] = entropy_from_per_image(entropy, cfg.entropy_base)
             total = total + cfg.w_region * terms["region"] + cfg.w_entropy * terms["entropy"]
             if cfg.w_area > 0:
-                terms["area"] = area_loss(rmasks)
+                (shares,) = region_views(out["area"], pairs=b, which=cfg.region_views)
+                terms["area"] = area_penalty(shares.mean(0))
                 total = total + cfg.w_area * terms["area"]
-            if discriminator is not None and cfg.w_adversarial > 0:
+            if adversarial:
                 # mask 0 of the four augmented views (x1_1, x1_2, x2_1, x2_2), never the mixup image
-                terms["adversarial"] = adversarial_generator_loss(discriminator(masks[:4 * b, :1]))
+                terms["adversarial"] = adversarial_generator_loss(discriminator(out["mask0"][:4 * b]))
                 total = total + cfg.w_adversarial * terms["adversarial"]
-        return StepLosses(total, terms, patch_local.detach(), masks if cfg.stage >= 2 else out.masks)
+        return StepLosses(total, terms, patch_local.detach(), out.get("masks"))

@@ -59,10 +59,14 @@ class Engine:
     def module(self) -> nn.Module:
         return self.ds.module
 
-    def __call__(self, x: torch.Tensor) -> LDOutput:
+    def __call__(self, x: torch.Tensor, reduce=None):
+        """The network's :class:`LDOutput` in fp32, or ``reduce``'s per-image quantities (see
+        :class:`ldisc.model.LDNet`; the reductions compute in fp32 themselves)."""
         x = x.to(self.device, self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if reduce is not None:
+            return self.ds(x, reduce=reduce)
         out = self.ds(x)
         return LDOutput(out.embedding.float(), None if out.masks is None else out.masks.float())
 

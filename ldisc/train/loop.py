@@ -206,7 +206,8 @@ class Trainer:
             self.cluster_probe.remember(batch)
         # the view images are freed once they form the network input, unless a key encoder reads them
         result = self.objective(self.engine, batch, bank_negatives=self.bank.bank_negatives(), discriminator=disc,
-                                consume_views=self.key_encoder is None)
+                                consume_views=self.key_encoder is None,
+                                keep_masks=self.cluster_probe is not None or self.shape_prior is not None)
         if self.cluster_probe is not None:
             self._mask_stats = cluster_stats(result.masks)
         self.engine.backward(result.total)

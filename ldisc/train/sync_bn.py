@@ -1,7 +1,7 @@
 """Batch norm over the global batch on any device: ``torch.nn.SyncBatchNorm`` refuses CPU tensors.
 
 :class:`GlobalBatchNorm2d` all-reduces per-channel (count, Σx, Σx²) with a differentiable all-reduce
-(:func:`ldisc.dist.all_reduce_sum`), so W ranks × batch B normalise exactly as 1 rank × W·B (up to float
+(:func:`ldisc.model.batch_stats.batch_statistics`), so W ranks × batch B normalise exactly as 1 rank × W·B (up to float
 summation order).
 :func:`convert_sync_batchnorm` uses torch's SyncBatchNorm on CUDA and this one elsewhere.
 """
@@ -10,33 +10,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ldisc.dist import all_reduce_sum, multi_process
+from ldisc.dist import multi_process
+from ldisc.model.batch_stats import batch_statistics, normalise, update_running_statistics
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics span every rank of the default process group."""
 
+    global_batch = True      # read by ldisc.model.batch_stats.spans_ranks
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and multi_process()):
             return super().forward(x)
-        xf = x.float()
-        n_local = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float32)
-        stats = torch.cat([n_local, xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3))])
-        stats = all_reduce_sum(stats)
-        c = x.shape[1]
-        n, s, ss = stats[0], stats[1:1 + c], stats[1 + c:]
-        mean = s / n
-        var = (ss / n - mean * mean).clamp_min(0)
-        if self.track_running_stats and self.running_mean is not None:
-            with torch.no_grad():
-                m = self.momentum if self.momentum is not None else 0.1
-                self.running_mean.mul_(1 - m).add_(m * mean.to(self.running_mean))
-                self.running_var.mul_(1 - m).add_(m * (var * n / (n - 1).clamp_min(1)).to(self.running_var))
-                self.num_batches_tracked.add_(1)
-        y = (xf - mean.view(1, -1, 1, 1)) * torch.rsqrt(var.view(1, -1, 1, 1) + self.eps)
-        if self.affine:
-            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
-        return y.to(x.dtype)
+        mean, var, count = batch_statistics(x, across_ranks=True)
+        update_running_statistics(self, mean, var, count)
+        return normalise(x, self, mean, var)
 
 
 def _to_global(module: nn.Module) -> nn.Module:

@@ -12,6 +12,7 @@ import math
 from omegaconf import DictConfig
 
 from ldisc.config_schema import ConfigError, PretrainSections, pretrain_sections
+from ldisc.model.checkpointing import CHECKPOINTING
 from ldisc.train.ds_config import PRECISIONS
 from ldisc.views import INPUT_NORMALIZATION
 
@@ -60,6 +61,7 @@ def check_pretrain_config(cfg: DictConfig) -> PretrainSections:
     _at_least("engine.gradient_accumulation", e.gradient_accumulation, 1)
     _one_of("engine.zero_stage", e.zero_stage, (0, 1, 2, 3))
     _one_of("engine.precision", e.precision, PRECISIONS)
+    _one_of("engine.activation_checkpointing", e.activation_checkpointing, CHECKPOINTING)
     _at_least("bank.entries", s.bank.entries, 0)
     _fraction("bank.ema_momentum", s.bank.ema_momentum)
     _one_of("data.modality", d.modality, sorted(INPUT_NORMALIZATION))
