@@ -171,6 +171,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, help="view size (default 448; --quick 64)")
     ap.add_argument("--batch", type=int, help="image pairs per step (default 4; --quick 2)")
     ap.add_argument("--levers", default=",".join(LEVERS), help="comma list of lever rows to run")
+    ap.add_argument("--repeat", type=int, default=1, help="run the levers N times, interleaved (medians)")
     ap.add_argument("--parts", default="levers,largest,bf16,conv",
                     help="comma list: levers (needed by largest and the conv fraction), largest, bf16, conv")
     ap.add_argument("--malloc", default="launcher,glibc_kept,default",
@@ -231,25 +232,43 @@ def _largest_batch(small: dict, large: dict, b_small: int, b_large: int) -> dict
 
 
 def lever_rows(args, size: int, bs: int, native: bool) -> list[dict]:
-    rows, chosen = [], args.levers.split(",")     # the first row is the reference of the time ratios
+    """One row per lever and allocator setting. With ``--repeat N`` the levers run N times,
+    interleaved (none, a, b, none, a, b, …): a row holds the medians, the largest peak, every run, and
+    the time ratios as the median of each repeat's ratio to that repeat's first lever — on a machine
+    whose speed drifts, pairs measured minutes apart compare better than runs measured far apart."""
+    chosen = args.levers.split(",")     # the first lever is the reference of the time ratios
     unknown = set(chosen) - set(LEVERS)
     if unknown:
         raise SystemExit(f"unknown --levers {sorted(unknown)}; choose from {list(LEVERS)}")
-    for lever in (k for k in chosen if k != "bf16_autocast" or native):
-        kw = dict(LEVERS[lever], size=size, batch_size=bs, flops=lever == chosen[0] and "conv" in args.parts)
-        rows.append({"lever": lever, "command": COMMANDS[lever],
-                     **{name: _run(args, env, **kw) for name, env in malloc_settings(args.malloc.split(",")).items()}})
+    settings = malloc_settings(args.malloc.split(","))
+    levers = [k for k in chosen if k != "bf16_autocast" or native]
+    runs = {lever: {name: [] for name in settings} for lever in levers}
+    for _ in range(args.repeat):
+        for lever in levers:
+            kw = dict(LEVERS[lever], size=size, batch_size=bs, flops=lever == chosen[0] and "conv" in args.parts)
+            for name, env in settings.items():
+                runs[lever][name].append(_run(args, env, **kw))
+    rows = [{"lever": lever, "command": COMMANDS[lever],
+             **{name: _summary(runs[lever][name], runs[levers[0]][name]) for name in settings}} for lever in levers]
     if not native and "bf16_autocast" in chosen:
         rows.append({"lever": "bf16_autocast", "command": COMMANDS["bf16_autocast"],
                      "not_run_at_this_size": "this CPU has no native bf16 (oneDNN bf16 unsupported); "
                                              "see bf16_vs_fp32 and conv_limit for the measured slowdown"})
-    for r in rows:
-        for key in (k for k in MALLOC_KEYS if k in r):
-            fastest = rows[0][key]        # ratios within one allocator setting
-            r[key]["time_ratio_vs_first_row"] = round(r[key]["seconds_per_step"] / fastest["seconds_per_step"], 3)
-            r[key]["cpu_time_ratio_vs_first_row"] = round(
-                r[key]["cpu_seconds_per_step"] / fastest["cpu_seconds_per_step"], 3)
     return rows
+
+
+def _summary(runs: list[dict], reference: list[dict]) -> dict:
+    med = lambda key, rs=runs: statistics.median(r[key] for r in rs)     # noqa: E731
+    out = {**runs[0], "seconds_per_step": round(med("seconds_per_step"), 3),
+           "cpu_seconds_per_step": round(med("cpu_seconds_per_step"), 3),
+           "images_per_second": round(med("images_per_second"), 3),
+           "peak_rss_gb": max(r["peak_rss_gb"] for r in runs)}
+    for key, ratio in (("seconds_per_step", "time_ratio_vs_first_row"),
+                       ("cpu_seconds_per_step", "cpu_time_ratio_vs_first_row")):
+        out[ratio] = round(statistics.median(r[key] / f[key] for r, f in zip(runs, reference)), 3)
+    if len(runs) > 1:
+        out["runs"] = [{k: r[k] for k in ("seconds_per_step", "cpu_seconds_per_step", "peak_rss_gb")} for r in runs]
+    return out
 
 
 def target_check(rows: list[dict]) -> dict:

@@ -57,6 +57,7 @@ def test_selective_step_equals_the_plain_step(objective):
     model.encoder.blocks[1].register_forward_pre_hook(lambda *_: calls.__setitem__("block1", calls["block1"] + 1))
     losses, grads, buffers = _step(model, batch, **objective)
     # five chunks (one per view), each head's last convolution run again in backward; block 0 recomputed
+    # (its second convolution's output kept)
     assert calls == {"last_conv": 10, "block0": 2, "block1": 1}
     assert losses.keys() == plain[0].keys() and ("area" in losses) == bool(objective)
     for k, v in losses.items():

@@ -8,10 +8,11 @@ there. ``all``: the five encoder blocks too.
 by image-chunk (:mod:`ldisc.model.chunked_heads`): the full-resolution embedding and masks are never
 held for the whole batch, only the heads' first convolution output, and the losses read per-image
 reductions of them; each head's last convolution is computed twice. The joined feature the heads read
-is recomputed from its inputs (PyTorch's selective activation checkpointing: convolution outputs kept,
-the upsampling and concatenation recomputed). The first encoder block (full resolution, 4% of the
-forward work) is recomputed whole. Everything else runs plainly. At 448 px, batch 4: 9.3 → 5.3 GB
-peak for 1.13× the step time (docs/training.md, "Memory and speed").
+is recomputed from its inputs, and the first encoder block keeps only its second convolution's output
+(PyTorch's selective activation checkpointing: convolution outputs kept, except a convolution reading
+the 3-channel image; batch norm, ReLU, upsampling and concatenation recomputed). Everything else runs
+plainly. At 448 px, batch 4: 9.55 → 5.68 GB peak for 1.13× the step time (docs/training.md, "Memory
+and speed").
 
 Recomputation is ``torch.utils.checkpoint`` (non-reentrant). It gives the same losses and gradients
 as a plain step: batch norm in training mode normalises with the batch's statistics, which the
@@ -50,7 +51,10 @@ def _running_stats_kept(module: nn.Module):
 
 
 def _keep_convolutions(ctx, op, *args, **kwargs) -> CheckpointPolicy:
-    return CheckpointPolicy.MUST_SAVE if op is torch.ops.aten.convolution.default else CheckpointPolicy.PREFER_RECOMPUTE
+    """Keep convolution outputs, except a convolution reading the image itself (≤ 3 channels: a few
+    multiply-adds per output, cheaper to recompute than to keep); recompute everything else."""
+    keep = op is torch.ops.aten.convolution.default and args[1].shape[1] > 3
+    return CheckpointPolicy.MUST_SAVE if keep else CheckpointPolicy.PREFER_RECOMPUTE
 
 
 KEEP_CONVOLUTIONS = functools.partial(create_selective_checkpoint_contexts, _keep_convolutions)

@@ -10,8 +10,8 @@ from ldisc.model.init import init_weights
 # channels of the five VGG16 blocks at full width, and how many 3x3 convs each block has
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 WIDTH_DIVISORS = {"full": 1, "small": 2, "tiny": 4}
-# engine.activation_checkpointing=selective recomputes the first block whole: its two convolutions are
-# 4% of the network's forward work but hold a third of the encoder's activations (bench/step.py)
+# engine.activation_checkpointing=selective: the first block (full resolution, a third of the encoder's
+# activations) keeps only its second convolution's output and recomputes the rest (bench/step.py)
 RECOMPUTED_UNDER_SELECTIVE = 1
 
 
@@ -53,7 +53,8 @@ class VGGEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []
         for i, block in enumerate(self.blocks):   # a segment: the pooling before a block, then the block
-            mode = i < RECOMPUTED_UNDER_SELECTIVE if self.checkpoint == "selective" else self.checkpoint
+            mode = ("selective" if i < RECOMPUTED_UNDER_SELECTIVE else False) if self.checkpoint == "selective" \
+                else self.checkpoint
             x = run_segment(block, x, enabled=mode, fn=None if i == 0 else self._pooled(block))
             feats.append(x)
         return feats
