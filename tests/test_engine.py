@@ -63,7 +63,10 @@ def test_gradient_accumulation_reads_micro_batches(tmp_path):
     assert [len(r["sample_ids"]) for r in sample_log(tmp_path, 0)] == [6, 6]      # 3 micro-batches x 1 pair
 
 
-def test_shape_prior_discriminator_has_its_own_adam(tmp_path):
+@pytest.mark.parametrize("checkpointing", ["none", "selective"])
+def test_shape_prior_discriminator_has_its_own_adam(tmp_path, checkpointing):
+    """Also under selective checkpointing: mask 0 (with gradient) and the detached masks for the
+    discriminator step come out of the chunked heads."""
     masks = tmp_path / "masks"
     masks.mkdir()
     for i in range(3):
@@ -72,7 +75,8 @@ def test_shape_prior_discriminator_has_its_own_adam(tmp_path):
         Image.fromarray(m).save(masks / f"m{i}.png")
     result = pretrain([*TINY, "data.source=synthetic", f"run_dir={tmp_path}/run", "train.stage1_steps=1",
                        "train.stage2_steps=2", "train.checkpoint_every=3", "objective.w_adversarial=0.5",
-                       f"shape_prior.source={masks}", "train.lr=1e-3"])
+                       f"shape_prior.source={masks}", "train.lr=1e-3",
+                       f"engine.activation_checkpointing={checkpointing}"])
     last = result.losses[-1]
     assert last["adversarial"] > 0 and last["discriminator"] > 0
     state = torch.load(result.checkpoint / "trainer.pt", weights_only=False)["shape_prior"]
