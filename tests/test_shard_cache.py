@@ -175,3 +175,43 @@ def test_cache_events_become_prometheus_counters():
     assert re.search(r'ldisc_train_shard_cache_hits_total\{[^}]*rank="3"[^}]*\} 2\.0', text)
     assert re.search(r'ldisc_train_shard_cache_download_bytes_total\{[^}]*rank="3"[^}]*\} 4096\.0', text)
     assert 'ldisc_train_shard_cache_evictions_total' in text
+
+
+class _GatedStore:
+    """The store, with each shard's byte stream held until ``go`` is set (a download in flight)."""
+
+    def __init__(self, store, streaming: threading.Event, go: threading.Event):
+        self.store, self.streaming, self.go = store, streaming, go
+
+    def iter_bytes(self, key):
+        self.streaming.set()
+        assert self.go.wait(30)
+        yield from self.store.iter_bytes(key)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def test_a_download_is_published_only_between_reservations(s3, manifest, tmp_path):
+    """A reservation counts in-flight .part files and cached .tar files under the directory lock; a
+    download publishing (.part → .tar) in the middle of that scan would be counted as neither, and the
+    next shard could push the cache past its limit. So publishing waits for the lock."""
+    import fcntl
+    sums = checksums_of(manifest)
+    key = sorted(sums)[0]
+    sha = sums[key][0]
+    streaming, go = threading.Event(), threading.Event()
+    cache = ShardCache(_GatedStore(open_store(URL), streaming, go), CacheSpec(str(tmp_path / "c"), 10**6, 0, sums))
+    download = threading.Thread(target=cache.ensure, args=(key,))
+    download.start()
+    assert streaming.wait(30)                         # reserved, now streaming into its .part
+    fd = os.open(tmp_path / "c" / ".cache.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)                    # a reservation of another process is scanning
+    go.set()
+    download.join(1.0)
+    assert download.is_alive() and not (tmp_path / "c" / f"{sha}.tar").exists()
+    assert len(list((tmp_path / "c").glob(f"{sha}.part-*"))) == 1
+    os.close(fd)                                      # the scan is over
+    download.join(30)
+    assert not download.is_alive() and (tmp_path / "c" / f"{sha}.tar").exists()
+    assert not list((tmp_path / "c").glob(f"{sha}.part-*"))

@@ -251,7 +251,11 @@ class ShardCache:
                         f.write(chunk)
                 self._count(downloads=1, download_bytes=min(n, size))
                 if n == size and h.hexdigest() == sha:
-                    os.replace(part, self._tar(sha))
+                    # under the reservation lock: a reservation scanning the directory must see this shard
+                    # either as its .part or as its .tar — seen as a .part and published before its lock was
+                    # tested, it was counted as neither, and the cache could pass its limit by a shard
+                    with _flock(self.dir / ".cache.lock"):
+                        os.replace(part, self._tar(sha))
                     self._side(sha).write_text(_stamp(os.stat(self._tar(sha))))
                     _touch(self._side(sha))
                     return
