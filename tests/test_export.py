@@ -179,7 +179,7 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not (INTEROP / "segmentation_models_pytorch").is_dir(),
-                    reason=f"segmentation_models_pytorch/timm/torchvision not installed in {INTEROP} (pip install --no-deps --target DIR torchvision segmentation-models-pytorch timm huggingface-hub; LDISC_INTEROP_PATH=DIR)")
+                    reason=f"segmentation_models_pytorch/timm/torchvision not installed in {INTEROP} (pip install --no-deps -c tests/interop-constraints.txt --target DIR torchvision segmentation-models-pytorch timm huggingface-hub; LDISC_INTEROP_PATH=DIR)")
 def test_library_features_equal_load_encoder(tmp_path):
     """Each library's own network, built from the exported file, gives ldisc.load_encoder's features
     (smp's U-Net for an X-ray and a fundus encoder, timm's VGG for X-ray, torchvision's VGG for fundus)."""
