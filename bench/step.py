@@ -4,7 +4,7 @@ speed lever, against this machine's convolution throughput. Prints one JSON obje
 The setting is the issue's: stage 2 at 448×448, batch 4 (5×4 images per step), tiny width, 2 threads.
 Each lever runs in its own process (honest peak RSS), once per allocator setting (``--malloc``):
 ``launcher`` — what ``ldisc-launch`` gives training processes on this machine
-(:func:`ldisc.train.env.cpu_malloc_env`: tcmalloc where installed, else glibc kept), ``glibc_kept``
+(:func:`ldisc.malloc.cpu_malloc_env`: tcmalloc where installed, else glibc kept), ``glibc_kept``
 — glibc told to keep freed blocks, ``default`` — glibc as it comes:
 
 * ``none``: the plain step (today's);

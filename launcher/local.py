@@ -50,7 +50,7 @@ def torchrun_command(spec: TorchrunSpec, overrides: list[str], python: str = sys
 
 def launch_env(threads: int | None = None, allocator: str | None = None) -> dict[str, str]:
     """The environment of a CPU-friendly launch: DeepSpeed defaults, an allocator that keeps large
-    blocks (:func:`ldisc.train.env.cpu_malloc_env`: tcmalloc where installed, else glibc told to keep
+    blocks (:func:`ldisc.malloc.cpu_malloc_env`: tcmalloc where installed, else glibc told to keep
     them; ``$LDISC_MALLOC`` or ``allocator`` choose; what the caller set stays), and the per-worker
     thread count."""
     env = dict(os.environ)

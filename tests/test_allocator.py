@@ -1,4 +1,4 @@
-"""The allocator a launcher gives CPU training processes (ldisc.train.env.cpu_malloc_env): tcmalloc
+"""The allocator a launcher gives CPU training processes (ldisc.malloc.cpu_malloc_env): tcmalloc
 where it is installed, glibc told to keep freed blocks otherwise, chosen by $LDISC_MALLOC."""
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ def _secret_env(name: str, secret: str, key: str) -> dict:
 
 def env(launch: dict, patient_key: bool = False) -> list[dict]:
     """Process environment: writable HOME/caches under /tmp, glibc told to keep freed blocks (the
-    image-independent allocator setting of :func:`ldisc.train.env.cpu_malloc_env`), S3 endpoint, and
+    image-independent allocator setting of :func:`ldisc.malloc.cpu_malloc_env`), S3 endpoint, and
     secrets by reference only."""
     out = [{"name": "HOME", "value": "/tmp"}, {"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
            {"name": "MPLCONFIGDIR", "value": "/tmp/.matplotlib"}, {"name": "PYTHONUNBUFFERED", "value": "1"}]

@@ -21,6 +21,8 @@ from ldisc.dist import barrier
 from ldisc.cli_errors import require
 
 ENV_CONTRACT = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
 def deepspeed_env_defaults() -> None:
     """Defaults DeepSpeed reads at import: the CPU accelerator where no CUDA device is present,
     no op builds at install/JIT time. Explicit settings win."""
