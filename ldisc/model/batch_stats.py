@@ -49,11 +49,11 @@ def batch_statistics(x: torch.Tensor | list[torch.Tensor], across_ranks: bool
     """(mean, biased variance, count) per channel of ``x`` (N, C, H, W) — or of the batch that pieces
     ``x = [x_1, x_2, …]`` form along N — in fp32."""
     pieces = list(x) if isinstance(x, (list, tuple)) else [x]
+    c = pieces[0].shape[1]
+    n_local = torch.tensor([sum(p.numel() for p in pieces) // c], device=pieces[0].device, dtype=torch.float32)
     if not across_ranks:
         mean, var = _Moments.apply(*pieces)
-        return mean, var, torch.tensor(float(sum(p.numel() for p in pieces) // pieces[0].shape[1]), device=mean.device)
-    c = pieces[0].shape[1]
-    n_local = torch.tensor([sum(p.numel() for p in pieces) / c], device=pieces[0].device, dtype=torch.float32)
+        return mean, var, n_local[0]
     sums = sum(torch.cat([p.sum((0, 2, 3), dtype=torch.float32), p.float().pow(2).sum((0, 2, 3))]) for p in pieces)
     stats = all_reduce_sum(torch.cat([n_local, sums]))      # one collective for both moments
     n, s, ss = stats[0], stats[1:1 + c], stats[1 + c:]

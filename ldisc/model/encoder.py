@@ -11,8 +11,9 @@ from ldisc.model.init import init_weights
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 WIDTH_DIVISORS = {"full": 1, "small": 2, "tiny": 4}
 # engine.activation_checkpointing=selective: the first block (full resolution, a third of the encoder's
-# activations) keeps only its second convolution's output and recomputes the rest (bench/step.py)
-RECOMPUTED_UNDER_SELECTIVE = 1
+# activations) runs as a selective segment — its second convolution's output kept, the rest recomputed
+# (bench/step.py); the later blocks run plainly
+SELECTIVE_BLOCKS = 1
 
 
 def conv_bn_relu(c_in: int, c_out: int, bias: bool = True) -> nn.Sequential:
@@ -53,8 +54,7 @@ class VGGEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []
         for i, block in enumerate(self.blocks):   # a segment: the pooling before a block, then the block
-            mode = ("selective" if i < RECOMPUTED_UNDER_SELECTIVE else False) if self.checkpoint == "selective" \
-                else self.checkpoint
+            mode = self.checkpoint if self.checkpoint != "selective" or i < SELECTIVE_BLOCKS else False
             x = run_segment(block, x, enabled=mode, fn=None if i == 0 else self._pooled(block))
             feats.append(x)
         return feats
